@@ -1,0 +1,69 @@
+"""The dataset layer: catalog, fetching into the cache, loading with validation.
+
+Everything downstream (featurizers, trainers, tuning, leaderboards) receives a validated
+``Dataset`` whose splits come from the dataset's definition. Entry points:
+
+* ``load_dataset(name)`` for a catalog name (suites ``crabnet28`` and ``matbench``),
+* ``load_custom(path, target)`` for a user's CSV,
+* ``fetch(names)`` to put sources into the cache ahead of a cluster run,
+* ``data_table()`` for ``harness data list``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness.data import crabnet_wheel, matbench
+from harness.data.catalog import CATALOG, SUITES, DatasetSpec, get_spec, list_specs, resolve_datasets
+from harness.data.crabnet_wheel import read_wheel_csv
+from harness.data.custom import load_custom
+from harness.data.dataset import DataError, Dataset, Split
+
+__all__ = [
+    "CATALOG", "SUITES", "DataError", "Dataset", "DatasetSpec", "Split", "count_rows", "data_table",
+    "fetch", "get_spec", "list_specs", "load_custom", "load_dataset", "read_wheel_csv", "resolve_datasets",
+]
+
+
+def load_dataset(name: str, *, drop_invalid: bool = False) -> Dataset:
+    """Load a catalog dataset (fetching its source once if needed), validated and split."""
+    spec = get_spec(name)
+    if spec.suite == "crabnet28":
+        return crabnet_wheel.load_crabnet(spec.name, drop_invalid=drop_invalid)
+    return matbench.load_matbench(spec.name, drop_invalid=drop_invalid)
+
+
+def fetch(names: list[str]) -> dict[str, Path]:
+    """Make sure each dataset's source is local; return where it lives (the wheel for crabnet28)."""
+    out = {}
+    for name in names:
+        spec = get_spec(name)
+        out[spec.name] = (crabnet_wheel.wheel_path() if spec.suite == "crabnet28"
+                          else matbench.source_path(spec.name))
+    return out
+
+
+def count_rows(name: str) -> int | None:
+    """Rows ``load_dataset(name)`` gives (before validation), read cheaply from the local source.
+
+    None when the source is not local yet (nothing is downloaded here). For CrabNet's CV sets
+    this is the number of distinct (formula, target) rows over the five folds.
+    """
+    spec = get_spec(name)
+    module = crabnet_wheel if spec.suite == "crabnet28" else matbench
+    return module.count_rows(spec.name)
+
+
+def data_table(suite: str | None = None) -> pd.DataFrame:
+    """One row per dataset: name, suite, rows, target, unit, split (scheme)."""
+    specs = list_specs(suite)
+    return pd.DataFrame({
+        "name": [s.name for s in specs],
+        "suite": [s.suite for s in specs],
+        "rows": pd.Series([count_rows(s.name) for s in specs], dtype=object),  # None: not local yet
+        "target": [s.target for s in specs],
+        "unit": [s.unit for s in specs],
+        "split": [s.split_scheme for s in specs],
+    })

@@ -1,0 +1,220 @@
+"""``harness``: search, evaluate and rank materials-property models.
+
+Typical day:
+
+    harness data list                                   # what can be benchmarked
+    harness sweep --models crabnet --datasets mp_bulk_modulus --num-samples 16 --max-epochs 40
+    harness leaderboard --suite crabnet28               # -> leaderboards/crabnet28.md
+    harness ui                                          # browse every trial in MLflow
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help=__doc__,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="List and fetch datasets.", no_args_is_help=True)
+models_app = typer.Typer(help="List the registered architectures.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_WORKDIR = Path("runs/default")
+
+WorkdirOpt = Annotated[
+    Path,
+    typer.Option("--workdir", help="Sweep directory: Ray results, Optuna study, and the embedded "
+                 "MLflow store (mlflow.db) unless --mlflow-uri is given."),
+]
+MlflowOpt = Annotated[
+    Optional[str],
+    typer.Option("--mlflow-uri", help="MLflow tracking URI (e.g. http://127.0.0.1:5000 or "
+                 "postgresql://…). Default: sqlite:///<workdir>/mlflow.db."),
+]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _tracking_uri(workdir: Path, mlflow_uri: str | None) -> str:
+    from harness.tuning.tracking import default_tracking_uri
+
+    if mlflow_uri:
+        return mlflow_uri
+    if not (workdir / "mlflow.db").exists():
+        _fail(f"no MLflow store at {workdir / 'mlflow.db'}; pass --workdir of a sweep or --mlflow-uri")
+    return default_tracking_uri(workdir)
+
+
+# ----------------------------------------------------------------------------- data
+@data_app.command("list")
+def data_list(
+    suite: Annotated[Optional[str], typer.Option(help="Only this suite (crabnet28, matbench).")] = None,
+) -> None:
+    """Table of datasets: name, suite, rows, target, unit, split scheme."""
+    from harness.data import data_table
+
+    frame = data_table(suite)
+    table = Table(title=f"datasets{f' in {suite}' if suite else ''}")
+    for col in frame.columns:
+        table.add_column(str(col), justify="right" if col == "rows" else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*["?" if v is None else str(v) for v in row])
+    console.print(table)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    names: Annotated[str, typer.Argument(help="Datasets or suites, comma separated.")] = "crabnet28,matbench",
+) -> None:
+    """Download sources into the cache (HARNESS_CACHE, default ~/.cache/harness) and check them."""
+    from harness.data import fetch, resolve_datasets
+
+    try:
+        datasets = [d for part in names.split(",") for d in resolve_datasets(part)]
+        where = fetch(datasets)
+    except (KeyError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    for name, path in sorted(where.items()):
+        console.print(f"{name}: {path}")
+
+
+# ----------------------------------------------------------------------------- models
+@models_app.command("list")
+def models_list() -> None:
+    """Registered models with input kind, parameter count (default config) and paper."""
+    from harness.featurize import default_info
+    from harness.models import GROUPS, MODELS
+    from harness.training import n_parameters
+
+    table = Table(title="models")
+    for col in ("name", "input", "parameters", "groups", "paper"):
+        table.add_column(col)
+    for name, spec in MODELS.items():
+        groups = ",".join(g for g, members in GROUPS.items() if name in members)
+        try:
+            model = spec.build(spec.make_config(), default_info(spec.input_kind))
+            params = f"{n_parameters(model):,}" if spec.framework == "torch" else "n/a"
+        except Exception as exc:  # listing must not die on one model's missing resource
+            params = f"? ({type(exc).__name__})"
+        table.add_row(name, spec.input_kind, params, groups, spec.paper)
+    console.print(table)
+
+
+# ----------------------------------------------------------------------------- sweep
+@app.command()
+def sweep(
+    models: Annotated[str, typer.Option(help="Models or groups, comma separated (see `harness models list`).")],
+    datasets: Annotated[str, typer.Option(help="Datasets or a suite name, comma separated (see `harness data list`).")] = "",
+    num_samples: Annotated[int, typer.Option(help="Trials per (model, dataset, split) search.")] = 8,
+    max_epochs: Annotated[int, typer.Option(help="Epochs of a trial that ASHA never stops; also the final fits' epochs.")] = 50,
+    final_seeds: Annotated[int, typer.Option(help="Seeds K for the final fits of the best configuration.")] = 3,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    mlflow_uri: MlflowOpt = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (e.g. 127.0.0.1:6379 or auto). Default: start Ray in-process.")] = None,
+    cpus_per_trial: Annotated[float, typer.Option(help="CPUs reserved per trial (also torch threads).")] = 1.0,
+    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial; fractions pack several trials on a GPU.")] = 0.0,
+    sampler: Annotated[str, typer.Option(help="Optuna sampler: tpe, random or cmaes.")] = "tpe",
+    seed: Annotated[int, typer.Option(help="Seed of the sampler, of training, and of the first final fit.")] = 0,
+    folds: Annotated[Optional[str], typer.Option(help="CV folds to run, e.g. 0,1 (default: all).")] = None,
+    subsample: Annotated[Optional[int], typer.Option(help="Use a seeded random subset of N rows (quick runs).")] = None,
+    drop_invalid: Annotated[bool, typer.Option(help="Drop invalid rows (counted and logged) instead of failing.")] = False,
+    grace_period: Annotated[int, typer.Option(help="ASHA: epochs before a trial can be stopped.")] = 1,
+    reduction_factor: Annotated[int, typer.Option(help="ASHA: keep the top 1/F at each rung.")] = 2,
+    dataset_file: Annotated[Optional[Path], typer.Option(help="Your own CSV with a formula and a target column.")] = None,
+    target: Annotated[Optional[str], typer.Option(help="Target column of --dataset-file.")] = None,
+    formula_column: Annotated[str, typer.Option(help="Formula column of --dataset-file.")] = "formula",
+    search_spaces: Annotated[Optional[Path], typer.Option(help="Folder of search-space YAMLs (default: search_spaces/).")] = None,
+) -> None:
+    """Search hyperparameters (Optuna + ASHA on Ray), log every trial to MLflow, then retrain
+    the best configuration with K seeds and score it on the test split (every fold for CV suites).
+
+    Example: [bold]harness sweep --models crabnet --datasets aflow__ael_bulk_modulus_vrh --num-samples 8 --max-epochs 20[/]
+    """
+    from harness.data import DataError, resolve_datasets
+    from harness.models import resolve_models
+    from harness.tuning.optuna_search import SAMPLERS
+    from harness.tuning.space import SearchSpaceError
+    from harness.tuning.sweep import SweepOptions, run_sweep
+
+    if sampler not in SAMPLERS:
+        _fail(f"--sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+    if not datasets and dataset_file is None:
+        _fail("give --datasets (a name or suite; see `harness data list`) or --dataset-file")
+    try:
+        model_names = resolve_models(models)
+        dataset_names = [d for part in datasets.split(",") if part.strip() for d in resolve_datasets(part.strip())]
+        fold_list = [int(f) for f in folds.split(",")] if folds else None
+        opts = SweepOptions(
+            models=model_names, datasets=dataset_names, num_samples=num_samples,
+            max_epochs=max_epochs, final_seeds=final_seeds, workdir=workdir, mlflow_uri=mlflow_uri,
+            address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+            sampler=sampler, seed=seed, folds=fold_list, subsample=subsample,
+            drop_invalid=drop_invalid, grace_period=grace_period,
+            reduction_factor=reduction_factor, space_dir=search_spaces,
+            dataset_file=dataset_file, target=target, formula_column=formula_column,
+        )
+        run_sweep(opts)
+    except (KeyError, ValueError, DataError, SearchSpaceError, FileNotFoundError) as exc:
+        _fail(str(exc).strip("'\""))
+
+
+# ----------------------------------------------------------------------------- leaderboard
+@app.command()
+def leaderboard(
+    suite: Annotated[Optional[str], typer.Option(help="Suite to rank (default: every suite in the store).")] = None,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    mlflow_uri: MlflowOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: leaderboards/ of the repository).")] = None,
+) -> None:
+    """Write leaderboards/<suite>.md from the final runs in MLflow (the only source of truth)."""
+    from harness.leaderboard.build import LeaderboardError, suites_in_store, write_leaderboard
+
+    uri = _tracking_uri(workdir, mlflow_uri)
+    suites = [suite] if suite else suites_in_store(uri)
+    if not suites:
+        _fail(f"no final runs in {uri}; run `harness sweep` first")
+    for name in suites:
+        try:
+            path = write_leaderboard(name, uri, out)
+        except LeaderboardError as exc:
+            _fail(str(exc))
+        console.print(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- ui
+@app.command()
+def ui(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    mlflow_uri: MlflowOpt = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Start the MLflow UI on the sweep's store, bound to 127.0.0.1 (reach it remotely via SSH -L)."""
+    uri = _tracking_uri(workdir, mlflow_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", "127.0.0.1", "--port", str(port)]
+    if (workdir / "mlartifacts").exists() and not mlflow_uri:
+        cmd += ["--default-artifact-root", (workdir / "mlartifacts").resolve().as_uri()]
+    console.print(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C to stop)")
+    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,154 @@
+"""The catalog: every named dataset, its suite, target, unit and split scheme.
+
+Why a static table: splits and units are part of a dataset's definition (DESIGN.md,
+"Datasets"), so they are written down once here, not improvised by whoever loads the data.
+Names are exactly those of the published results (``reference_results.csv``) so measured and
+published numbers line up. Loading lives in ``crabnet_wheel`` and ``matbench``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset is, before loading it."""
+
+    name: str
+    suite: str
+    kind: str  # input kind: "composition"
+    target: str  # column / property name
+    unit: str
+    split_scheme: str  # human text, e.g. "5-fold CV (Matbench official)"
+    task_type: str = "regression"  # or "classification"
+    source: str = ""
+
+
+CRABNET_WHEEL = "PyPI crabnet==2.0.8 wheel"
+FIXED = "fixed train/val/test"
+CRABNET_CV = "5-fold CV (CrabNet files)"
+MATBENCH_CV = "5-fold CV (Matbench official)"
+
+# name: (property, unit); the name already says the source (AFLOW, MP, OQMD, ...).
+# 18 sets with a fixed split, then 10 with CrabNet's 5-fold files.
+_CRABNET_FIXED = {
+    "aflow__ael_bulk_modulus_vrh": ("bulk modulus (AEL, VRH)", "GPa"),
+    "aflow__ael_debye_temperature": ("Debye temperature (AEL)", "K"),
+    "aflow__ael_shear_modulus_vrh": ("shear modulus (AEL, VRH)", "GPa"),
+    "aflow__agl_thermal_conductivity_300K": ("thermal conductivity 300 K", "W/(m·K)"),
+    "aflow__agl_thermal_expansion_300K": ("thermal expansion 300 K", "1/K"),
+    "aflow__Egap": ("band gap", "eV"),
+    "aflow__energy_atom": ("energy per atom", "eV/atom"),
+    "CritExam__Ed": ("decomposition energy", "eV/atom"),
+    "CritExam__Ef": ("formation energy", "eV/atom"),
+    "mp_bulk_modulus": ("bulk modulus (VRH)", "GPa"),
+    "mp_elastic_anisotropy": ("elastic anisotropy", "unitless"),
+    "mp_e_hull": ("energy above hull", "eV/atom"),
+    "mp_mu_b": ("total magnetization", "μB"),
+    "mp_shear_modulus": ("shear modulus (VRH)", "GPa"),
+    "OQMD_Bandgap": ("band gap", "eV"),
+    "OQMD_Energy_per_atom": ("energy per atom", "eV/atom"),
+    "OQMD_Formation_Enthalpy": ("formation enthalpy", "eV/atom"),
+    "OQMD_Volume_per_atom": ("volume per atom", "Å³/atom"),
+}
+_CRABNET_CV = {
+    # Same values as matbench_perovskites' e_form, which Matbench documents as the heat of
+    # formation of the whole 5-atom perovskite cell.
+    "castelli": ("heat of formation per cell", "eV/cell"),
+    "dielectric": ("refractive index n", "unitless"),
+    "elasticity_log10(G_VRH)": ("log10 G_VRH", "log10(GPa)"),
+    "elasticity_log10(K_VRH)": ("log10 K_VRH", "log10(GPa)"),
+    "expt_gap": ("band gap (experimental)", "eV"),
+    "jdft2d": ("exfoliation energy", "meV/atom"),
+    "mp_e_form": ("formation energy", "eV/atom"),
+    "mp_gap": ("band gap (PBE)", "eV"),
+    "phonons": ("last phonon DOS peak", "cm⁻¹"),
+    "steels_yield": ("yield strength", "MPa"),
+}
+
+# task: (target column as in matbench, unit, task_type)
+MATBENCH_TASKS = {
+    "dielectric": ("n", "unitless", "regression"),
+    "expt_gap": ("gap expt", "eV", "regression"),
+    "expt_is_metal": ("is_metal", "0/1", "classification"),
+    "glass": ("gfa", "0/1", "classification"),
+    "jdft2d": ("exfoliation_en", "meV/atom", "regression"),
+    "log_gvrh": ("log10(G_VRH)", "log10(GPa)", "regression"),
+    "log_kvrh": ("log10(K_VRH)", "log10(GPa)", "regression"),
+    "mp_e_form": ("e_form", "eV/atom", "regression"),
+    "mp_gap": ("gap pbe", "eV", "regression"),
+    "mp_is_metal": ("is_metal", "0/1", "classification"),
+    "perovskites": ("e_form", "eV/cell", "regression"),
+    "phonons": ("last phdos peak", "cm⁻¹", "regression"),
+    "steels": ("yield strength", "MPa", "regression"),
+}
+
+
+def _build() -> dict[str, DatasetSpec]:
+    specs = [
+        DatasetSpec(n, "crabnet28", "composition", t, u, FIXED,
+                    source=f"{CRABNET_WHEEL}: crabnet/data/benchmark_data/{n}/{{train,val,test}}.csv")
+        for n, (t, u) in _CRABNET_FIXED.items()
+    ] + [
+        DatasetSpec(n, "crabnet28", "composition", t, u, CRABNET_CV,
+                    source=f"{CRABNET_WHEEL}: crabnet/data/matbench_cv/{n}/{{train,val,test}}{{0..4}}.csv")
+        for n, (t, u) in _CRABNET_CV.items()
+    ] + [
+        DatasetSpec(f"matbench_{task}", "matbench", "composition", col, unit, MATBENCH_CV, task_type,
+                    source=f"Matbench v0.1 matbench_{task} (data_dir()/matbench_v0.1 or "
+                           f"https://ml.materialsproject.org/projects/matbench_{task}.json.gz)")
+        for task, (col, unit, task_type) in MATBENCH_TASKS.items()
+    ]
+    return {s.name: s for s in specs}
+
+
+CATALOG: dict[str, DatasetSpec] = _build()
+SUITES: dict[str, list[str]] = {
+    suite: [s.name for s in CATALOG.values() if s.suite == suite] for suite in ("crabnet28", "matbench")
+}
+
+
+def list_specs(suite: str | None = None) -> list[DatasetSpec]:
+    """All specs, or those of one suite (KeyError for an unknown suite)."""
+    if suite is None:
+        return list(CATALOG.values())
+    if suite not in SUITES:
+        raise KeyError(f"unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
+    return [CATALOG[n] for n in SUITES[suite]]
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The spec of one dataset (case-insensitive); KeyError listing the known names otherwise."""
+    names = resolve_datasets(name)
+    if len(names) != 1:
+        raise KeyError(f"{name!r} names {len(names)} datasets; name exactly one")
+    return CATALOG[names[0]]
+
+
+def resolve_datasets(text: str) -> list[str]:
+    """``"a,b"``, a suite name or ``"all"`` -> dataset names, in order, without repeats.
+
+    Names match exactly, else case-insensitively. Unknown names raise KeyError listing the
+    known suites and datasets.
+    """
+    lower = {n.lower(): n for n in CATALOG}
+    names: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        if token == "all":
+            found = list(CATALOG)
+        elif token in SUITES:
+            found = SUITES[token]
+        elif token in CATALOG or token.lower() in lower:
+            found = [CATALOG[token].name if token in CATALOG else lower[token.lower()]]
+        else:
+            raise KeyError(
+                f"unknown dataset {token!r}. Known suites: {', '.join(SUITES)}, all. "
+                f"Known datasets: {', '.join(CATALOG)}"
+            )
+        names += [n for n in found if n not in names]
+    if not names:
+        raise KeyError(f"no dataset named in {text!r}; known suites: {', '.join(SUITES)}, all")
+    return names

@@ -1,0 +1,48 @@
+"""What every featurizer returns: a :class:`Features` object the trainer can batch.
+
+A featurizer turns a whole :class:`~harness.data.dataset.Dataset` into model inputs once
+(cached on disk where it is expensive); the trainer then only selects rows by split index.
+A batch is any object with a ``y`` tensor, ``to(device)`` and ``len()``; a torch model's
+``forward`` takes the batch object of its input kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import torch
+
+
+class Batch(Protocol):
+    y: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "Batch": ...
+
+    def __len__(self) -> int: ...
+
+
+class Features(Protocol):
+    """Featurized rows of one dataset, in the dataset's row order."""
+
+    info: dict[str, Any]  # what a model builder needs, e.g. {"n_features": 145}
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self,
+        indices: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Batch]:
+        """Mini-batches of the rows ``indices`` with (already scaled) targets ``y``.
+
+        ``y`` is aligned with ``indices`` (``len(y) == len(indices)``), not with all rows.
+        """
+        ...
+
+    def matrix(self, indices: np.ndarray) -> np.ndarray:
+        """Dense feature matrix (tabular input kinds only; used by scikit-learn models)."""
+        ...

@@ -1,0 +1,65 @@
+"""What every run records so it can be reproduced: versions, commit, hardware."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from importlib import metadata
+
+from harness import __version__
+from harness.paths import REPO_ROOT
+
+TRACKED_PACKAGES = (
+    "torch", "torch_geometric", "ray", "optuna", "mlflow", "pymatgen", "matminer",
+    "scikit-learn", "pytorch-optimizer", "numpy", "pandas",
+)
+
+
+@functools.cache
+def package_versions() -> dict[str, str]:
+    versions = {"harness": __version__, "python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@functools.cache
+def git_commit() -> str:
+    """The repository's HEAD commit, with ``-dirty`` if tracked files changed; ``unknown`` outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        if not commit:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware() -> str:
+    """``"cpu: <model> x<cores>"`` or ``"gpu: <name>"``, for the run where it is called."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"gpu: {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu: {cpu} x{os.cpu_count()}"

@@ -1,0 +1,68 @@
+"""Optuna as Ray Tune's searcher, told the truth about early-stopped trials.
+
+Ray's stock ``OptunaSearch`` reports per-epoch values but, when ASHA stops a trial, tells
+Optuna that the trial COMPLETED with its early value, so TPE mixes 1-epoch and full-length
+scores as if they were comparable. Here a trial counts as COMPLETE only if its last result
+carries ``trial_finished`` (the trainable sets it on the epoch it ends by itself: max epochs
+or its own early stopping); anything else that ends without an error was stopped by the
+scheduler and is told to Optuna as PRUNED, keeping its intermediate values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+FINISHED_KEY = "trial_finished"
+
+SAMPLERS = ("tpe", "random", "cmaes")
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        # CMA-ES handles the continuous/int dimensions; categorical ones are sampled
+        # independently by its fallback sampler (Optuna's documented behaviour).
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+class TruthfulOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that marks scheduler-stopped trials PRUNED and NaN results FAIL."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._reported_steps: dict[str, set[int]] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        self._reported_steps.setdefault(trial_id, set()).add(int(result["training_iteration"]))
+
+    def on_trial_complete(
+        self, trial_id: str, result: Optional[dict] = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(self.metric)
+        step = (result or {}).get("training_iteration")
+        # Ray hands the result that ends a trial (max_t reached, or stopped at a rung) only
+        # to on_trial_complete, never to on_trial_result: record it as the last epoch's value.
+        if isinstance(value, (int, float)) and not math.isnan(value) and step is not None:
+            if int(step) not in self._reported_steps.get(trial_id, set()):
+                ot_trial.report(float(value), int(step))
+        if error or value is None or (isinstance(value, float) and math.isnan(value)):
+            state, value = TrialState.FAIL, None
+        elif not (result or {}).get(FINISHED_KEY):
+            state, value = TrialState.PRUNED, None
+        else:
+            state = TrialState.COMPLETE
+        self._ot_study.tell(ot_trial, value, state=state)
+        self._completed_trials.add(trial_id)

@@ -1,0 +1,178 @@
+"""MLflow bookkeeping: store set-up, run tags, per-trial child runs, final-evaluation runs.
+
+All MLflow writes happen in the driver (through a Tune callback and after final fits), so
+workers never touch the store and a sqlite file is never written by two processes. Metrics go
+out with ``log_batch`` (one call per epoch, not one per metric). The trial -> run mapping is
+kept in the experiment directory so that a resumed sweep continues the same runs instead of
+duplicating them (Ray's ``MLflowLoggerCallback`` keeps no such state).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from harness.provenance import git_commit, package_versions
+
+EXPERIMENT = "harness"
+MAX_PARAM_LEN = 6000  # MLflow's limit for a param value
+
+# Result keys Ray adds to every report; not ours to log as metrics.
+_RAY_KEYS = {
+    "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "time_since_restore",
+    "iterations_since_restore", "timesteps_total", "episodes_total", "pid", "done",
+    "timesteps_since_restore", "checkpoint_dir_name",
+}
+
+
+def default_tracking_uri(workdir: Path) -> str:
+    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def prepare_store(tracking_uri: str, workdir: Path, experiment: str = EXPERIMENT) -> str:
+    """Create the schema (once, here in the driver) and the experiment; return its id.
+
+    Concurrent first use of a fresh sqlite file fails schema migration, so this must run
+    before any trial starts. Artifacts of a sqlite store go under ``<workdir>/mlartifacts``.
+    """
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:"):
+        location = (Path(workdir).resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(experiment, artifact_location=location)
+
+
+def provenance_tags() -> dict[str, str]:
+    tags = {"harness_version": package_versions()["harness"], "git_commit": git_commit()}
+    tags.update({f"version.{k}": v for k, v in package_versions().items()})
+    return tags
+
+
+def flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(f"{name}.", value))
+        else:
+            out[name] = str(value)[:MAX_PARAM_LEN]
+    return out
+
+
+def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in result.items():
+        if key in _RAY_KEYS or key == "config" or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+
+
+class TrialRunLogger(tune.Callback):
+    """One MLflow child run per Tune trial, under the search's parent run."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        tags: dict[str, str],
+        mapping_file: Path,
+        finished_key: str,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.tags = tags
+        self.mapping_file = Path(mapping_file)
+        self.finished_key = finished_key
+        self.runs: dict[str, str] = (
+            json.loads(self.mapping_file.read_text()) if self.mapping_file.exists() else {}
+        )
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None}
+
+    def _save_mapping(self) -> None:
+        tmp = self.mapping_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.runs, indent=1, sort_keys=True))
+        os.replace(tmp, self.mapping_file)
+
+    def run_id(self, trial) -> str:
+        if trial.trial_id in self.runs:
+            return self.runs[trial.trial_id]
+        tags = {
+            **self.tags,
+            "mlflow.parentRunId": self.parent_run_id,
+            "mlflow.runName": f"{self.tags.get('model')}-{trial.trial_id}",
+            "stage": "trial",
+            "trial_id": trial.trial_id,
+            "trial_state": "running",
+        }
+        run = self.client.create_run(self.experiment_id, tags=tags)
+        params = flatten("", {k: v for k, v in trial.config.items()})
+        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        self.runs[trial.trial_id] = run.info.run_id
+        self._save_mapping()
+        return run.info.run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        metrics = numeric_metrics(result)
+        if metrics:
+            log_metrics(self.client, self.run_id(trial), metrics, step)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self.run_id(trial)
+        last = trial.last_result or {}
+        state = "completed" if last.get(self.finished_key) else "pruned"
+        self.client.set_tag(run_id, "trial_state", state)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.run_id(trial)
+        reason = _error_text(trial)
+        self.client.log_batch(
+            run_id,
+            tags=[RunTag("trial_state", "failed"), RunTag("error", reason[:5000])],
+        )
+        self.client.set_terminated(run_id, "FAILED")
+
+
+def _error_text(trial) -> str:
+    """The last lines of the trial's error, for the run's ``error`` tag."""
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        if path and Path(path).is_file():
+            lines = Path(path).read_text().strip().splitlines()
+            return "\n".join(lines[-6:])
+    except OSError:
+        pass
+    return str(getattr(trial, "error_msg", "") or "unknown error")

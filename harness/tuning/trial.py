@@ -1,0 +1,138 @@
+"""What runs inside a Tune trial, and the final fits of the winning configuration.
+
+The model and trainer know nothing of Ray: this module adapts the trainer's per-epoch
+callback to ``tune.report`` (with checkpoints at ASHA rungs and every N epochs), and resumes
+from ``tune.get_checkpoint()`` when Ray restarts a trial.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.data.dataset import Split
+from harness.models import get_model
+from harness.training.config import TrainConfig
+from harness.tuning.optuna_search import FINISHED_KEY
+
+
+@dataclass
+class TrialContext:
+    """Everything a trial needs that is the same for every trial of one search.
+
+    Shipped once through Ray's object store (``tune.with_parameters``), so the dataset is
+    featurized once in the driver, never per trial.
+    """
+
+    model: str
+    dataset: str
+    features: Any
+    targets: np.ndarray
+    split: Split
+    max_epochs: int
+    seed: int
+    num_threads: int = 1
+    checkpoint_every: int = 25
+    rungs: tuple[int, ...] = ()
+
+
+def build(context: TrialContext, params: dict[str, Any], seed: int):
+    """(model, train_config) for one set of sampled hyperparameters."""
+    spec = get_model(context.model)
+    model_config = spec.make_config(**params.get("model_params", {}))
+    train_config = TrainConfig.from_dict(
+        {
+            **spec.train_defaults,
+            **params.get("train_params", {}),
+            "epochs": context.max_epochs,
+            "seed": seed,
+            "num_threads": context.num_threads,
+        }
+    )
+    return spec, model_config, train_config
+
+
+def _should_checkpoint(epoch: int, last: bool, context: TrialContext) -> bool:
+    return last or epoch in context.rungs or epoch % context.checkpoint_every == 0
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """Tune function trainable: train one configuration, reporting every epoch."""
+    from ray import tune
+
+    from harness.training import Trainer, n_parameters
+
+    spec, model_config, train_config = build(context, config, context.seed)
+    if spec.framework == "sklearn":
+        from harness.training.sklearn_fit import fit_sklearn
+
+        metrics = fit_sklearn(spec, model_config, context.features, context.targets, context.split)
+        tune.report({**metrics, "epoch": 1, FINISHED_KEY: True})
+        return
+
+    import torch
+
+    torch.manual_seed(train_config.seed)
+    model = spec.build(model_config, context.features.info)
+    trainer = Trainer(model, context.features, context.targets, context.split, train_config)
+    n_params = n_parameters(model)
+
+    def on_epoch(metrics: dict[str, float], trainer) -> None:
+        epoch = int(metrics["epoch"])
+        last = epoch >= train_config.epochs or bool(getattr(trainer, "will_stop", False))
+        report = {**metrics, "n_params": n_params, "best_val_mae": trainer.best_val_mae}
+        if last:
+            report[FINISHED_KEY] = True
+        if _should_checkpoint(epoch, last, context):
+            with tempfile.TemporaryDirectory() as d:
+                trainer.save_checkpoint(Path(d))
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(report)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.fit(on_epoch, resume_from=Path(d))
+    else:
+        trainer.fit(on_epoch)
+
+
+def final_fit(context: TrialContext, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Retrain ``params`` from scratch with ``seed`` and score train/val/test.
+
+    Returns metrics, the per-epoch history and the test predictions; the driver logs them.
+    """
+    spec, model_config, train_config = build(context, params, seed)
+    split = context.split
+    start = time.time()
+    if spec.framework == "sklearn":
+        from harness.training.sklearn_fit import final_sklearn
+
+        out = final_sklearn(spec, model_config, context.features, context.targets, split, seed)
+        out["seconds"] = time.time() - start
+        return out
+
+    import torch
+
+    from harness.training import Trainer, n_parameters
+
+    torch.manual_seed(seed)
+    model = spec.build(model_config, context.features.info)
+    trainer = Trainer(model, context.features, context.targets, split, train_config)
+    result = trainer.fit()
+    metrics: dict[str, float] = {"n_params": n_parameters(model), "epochs_run": result.epochs_run}
+    for part, idx in (("train", split.train), ("val", split.val), ("test", split.test)):
+        for name, value in trainer.evaluate(idx).items():
+            metrics[f"{part}_{name}"] = value
+    return {
+        "metrics": metrics,
+        "history": result.history,
+        "test_pred": trainer.predict(split.test),
+        "seconds": time.time() - start,
+    }

@@ -1,0 +1,160 @@
+"""The shared trainer: determinism, learning, checkpoints, early stopping, metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+from torch import nn
+
+from harness.data.dataset import Dataset, Split
+from harness.featurize import CompositionTokens
+from harness.models import get_model
+from harness.paths import data_dir
+from harness.training import TrainConfig, Trainer, regression_metrics, seed_everything
+from harness.training.trainer import CHECKPOINT_FILE
+
+TINY = dict(d_model=32, n_layers=1, heads=2, dim_feedforward=64, out_hidden=(32, 16))
+CRABNET_RECIPE = get_model("crabnet").train_defaults
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[CompositionTokens, np.ndarray]:
+    """First 160 rows of matbench_expt_gap (band gaps in eV), as element tokens."""
+    root = data_dir()
+    path = None if root is None else root / "matbench_v0.1" / "matbench_expt_gap.csv.gz"
+    if path is None or not path.is_file():
+        pytest.skip("matbench_expt_gap.csv.gz not available")
+    frame = pd.read_csv(path).iloc[:160]
+    return CompositionTokens.from_formulas(frame["composition"].tolist()), frame["gap expt"].to_numpy()
+
+
+def split(n_train: int, n_val: int = 32, n_test: int = 32) -> Split:
+    order = np.random.default_rng(0).permutation(n_train + n_val + n_test)
+    return Split("random", order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
+
+
+def trainer(data, config: dict, rows: Split | None = None, seed: int = 0, **model_params) -> Trainer:
+    features, targets = data
+    seed_everything(seed)
+    spec = get_model("crabnet")
+    model = spec.build(spec.make_config(**{**TINY, **model_params}), features.info)
+    return Trainer(model, features, targets, rows or split(64), TrainConfig.from_dict(config), device="cpu")
+
+
+def without_time(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in history]
+
+
+def test_same_seed_same_history_and_predictions(data) -> None:
+    config = {**CRABNET_RECIPE, "epochs": 4, "batch_size": 16, "seed": 3}
+    first, second = trainer(data, config), trainer(data, config)
+    history = first.fit().history
+    assert without_time(history) == without_time(second.fit().history)
+    keys = {"epoch", "train_loss", "train_mae", "val_mae", "val_rmse", "val_r2", "lr", "epoch_seconds"}
+    assert set(history[0]) == keys
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    rows = first.split.test
+    assert np.array_equal(first.predict(rows), second.predict(rows))
+
+
+def test_overfits_32_real_samples(data) -> None:
+    config = {**CRABNET_RECIPE, "epochs": 30, "batch_size": 8}
+    # No dropout or fraction jitter: this checks that model + trainer can fit, not generalise.
+    fit = trainer(data, config, split(32), dropout=0.0, fraction_noise=0.0).fit()
+    first, last = fit.history[0], fit.history[-1]
+    print(f"train MAE {first['train_mae']:.3f} -> {last['train_mae']:.3f} eV over 30 epochs")
+    assert last["train_mae"] < 0.6 * first["train_mae"]
+    assert last["train_loss"] < first["train_loss"]
+
+
+def test_checkpoint_resume_reproduces_the_uninterrupted_fit(data, tmp_path: Path) -> None:
+    # Everything with state: Lamb+Lookahead, cyclic LR (2-epoch halves), SWA averaged at epochs 4 and 8.
+    config = {**CRABNET_RECIPE, "epochs": 8, "batch_size": 16, "swa_start": 0.25, "patience": 50}
+    straight = trainer(data, config)
+    expected = straight.fit()
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(metrics: dict, run: Trainer) -> None:
+        if metrics["epoch"] == 5:
+            run.save_checkpoint(tmp_path)
+            raise Killed
+
+    with pytest.raises(Killed):
+        trainer(data, config).fit(save_then_die)
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    assert state["epoch"] == 5 and len(state["history"]) == 5
+    assert int(state["swa_model"]["n_averaged"]) == 1  # averaged at the end of the epoch-4 cycle
+
+    resumed = trainer(data, config, seed=123)  # different initial weights: the checkpoint must win
+    result = resumed.fit(resume_from=tmp_path)
+    assert without_time(result.history) == without_time(expected.history)
+    assert (result.best_epoch, result.used_swa) == (expected.best_epoch, expected.used_swa)
+    assert result.epochs_run == 8
+    assert np.array_equal(resumed.predict(resumed.split.test), straight.predict(straight.split.test))
+
+    with pytest.raises(ValueError, match="different training config"):
+        trainer(data, {**config, "max_lr": 1e-3}).fit(resume_from=tmp_path)
+
+
+class Constant(nn.Module):
+    """Predicts 0 whatever it is given: the val MAE never improves after epoch 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, batch) -> torch.Tensor:
+        return torch.zeros(len(batch)) + 0.0 * self.unused
+
+
+def test_early_stopping_stops_after_patience(data) -> None:
+    features, targets = data
+    config = TrainConfig(epochs=50, patience=3, batch_size=16)
+    run = Trainer(Constant(), features, targets, split(64), config, device="cpu")
+    seen = []
+    result = run.fit(lambda metrics, t: seen.append((metrics["epoch"], t.will_stop)))
+    assert result.stopped_early and result.epochs_run == 4 and result.best_epoch == 1
+    assert seen[-1] == (4, True) and not any(stop for _, stop in seen[:-1])
+
+
+def test_metrics_equal_sklearn(data) -> None:
+    run = trainer(data, {"epochs": 3, "batch_size": 16, "optimizer": "adam", "loss": "mae"})
+    result = run.fit()
+    _, targets = data
+    rows = run.split.test
+    predicted, truth = run.predict(rows), targets[rows]
+    metrics = run.evaluate(rows)
+    assert metrics["mae"] == pytest.approx(mean_absolute_error(truth, predicted), rel=1e-12)
+    assert metrics["rmse"] == pytest.approx(np.sqrt(mean_squared_error(truth, predicted)), rel=1e-12)
+    assert metrics["r2"] == pytest.approx(r2_score(truth, predicted), rel=1e-12)
+    assert run.evaluate(run.split.val)["mae"] == pytest.approx(result.best_val_mae, rel=1e-9)  # final model
+    constant = np.ones(5)
+    assert regression_metrics(constant, constant + 1)["r2"] == r2_score(constant, constant + 1)
+
+
+def test_batch_size_rule_is_capped_by_training_rows(data) -> None:
+    assert trainer(data, {"epochs": 1}, split(64)).batch_size == 64  # CrabNet's minimum 128 > 64 rows
+    assert trainer(data, {"epochs": 1, "batch_size": 24}, split(64)).steps_per_epoch == 3
+
+
+@pytest.mark.parametrize(
+    "optimizer, scheduler, loss",
+    [
+        ("adam", "none", "mse"),
+        ("adamw", "cosine", "mae"),
+        ("sgd", "cyclic", "mae"),
+        ("lamb_lookahead", "cosine", "robust_l1"),
+    ],
+)
+def test_recipes_run(data, optimizer: str, scheduler: str, loss: str) -> None:
+    config = {"epochs": 2, "batch_size": 16, "optimizer": optimizer, "scheduler": scheduler, "loss": loss,
+              "lr": 1e-3, "grad_clip": 1.0, "swa": True, "swa_start": 0.0}
+    result = trainer(data, config).fit()
+    assert result.epochs_run == 2 and np.isfinite(result.best_val_mae)

@@ -1,0 +1,88 @@
+"""Search-space loading and the truthful Optuna searcher, without a Ray cluster."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray import tune
+
+from harness.models import get_model
+from harness.tuning.optuna_search import FINISHED_KEY, TruthfulOptunaSearch, make_sampler
+from harness.tuning.space import SearchSpaceError, load_space
+
+
+def _searcher(storage: str) -> TruthfulOptunaSearch:
+    searcher = TruthfulOptunaSearch(
+        sampler=make_sampler("tpe", 0), storage=optuna.storages.RDBStorage(storage), study_name="s", seed=0
+    )
+    searcher.set_search_properties("best_val_mae", "min", {"x": tune.uniform(0.0, 1.0)})
+    return searcher
+
+
+def test_scheduler_stopped_trial_is_pruned_with_its_intermediate_values(tmp_path):
+    searcher = _searcher(f"sqlite:///{tmp_path / 'o.db'}")
+    for trial_id in ("a", "b", "c"):
+        assert 0.0 <= searcher.suggest(trial_id)["x"] <= 1.0
+    # a: runs all 3 epochs and says so; b: stopped by ASHA after epoch 1; c: raised.
+    for epoch, value in enumerate([0.9, 0.5, 0.3], start=1):
+        searcher.on_trial_result("a", {"best_val_mae": value, "training_iteration": epoch})
+    searcher.on_trial_complete("a", {"best_val_mae": 0.3, "training_iteration": 3, FINISHED_KEY: True})
+    searcher.on_trial_result("b", {"best_val_mae": 2.0, "training_iteration": 1})
+    searcher.on_trial_complete("b", {"best_val_mae": 2.0, "training_iteration": 1})
+    searcher.on_trial_complete("c", None, error=True)
+
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert trials[0].value == pytest.approx(0.3)
+    assert trials[0].intermediate_values == {1: 0.9, 2: 0.5, 3: 0.3}
+    # Optuna records a pruned trial's last intermediate value as its value
+    assert trials[1].intermediate_values == {1: 2.0}
+    assert study.best_value == pytest.approx(0.3)
+
+
+def test_nan_final_value_is_failed_not_complete(tmp_path):
+    searcher = _searcher(f"sqlite:///{tmp_path / 'o.db'}")
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", {"best_val_mae": float("nan"), FINISHED_KEY: True})
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    assert study.trials[0].state == TrialState.FAIL
+
+
+def test_shipped_crabnet_space_loads_and_maps_onto_config_fields():
+    space = load_space(get_model("crabnet"))
+    assert space["model_params"] and space["train_params"]
+    spec = get_model("crabnet")
+    # every searchable field is a real config field: building a config from samples works
+    sample = {k: (v.sample() if hasattr(v, "sample") else v) for k, v in space["model_params"].items()}
+    assert spec.make_config(**sample) is not None
+
+
+def test_space_with_unknown_field_is_rejected(tmp_path):
+    (tmp_path / "crabnet.yaml").write_text("model: crabnet\nmodel_params:\n  d_modle: {type: int, low: 1, high: 2}\n")
+    with pytest.raises(SearchSpaceError, match="d_modle"):
+        load_space(get_model("crabnet"), tmp_path)
+
+
+def test_space_with_unknown_type_is_rejected(tmp_path):
+    (tmp_path / "crabnet.yaml").write_text("model_params:\n  dropout: {type: gaussian, low: 0, high: 1}\n")
+    with pytest.raises(SearchSpaceError, match="unknown type 'gaussian'"):
+        load_space(get_model("crabnet"), tmp_path)
+
+
+def test_cmaes_and_random_samplers_are_available():
+    assert isinstance(make_sampler("random", 1), optuna.samplers.RandomSampler)
+    assert isinstance(make_sampler("cmaes", 1), optuna.samplers.CmaEsSampler)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        make_sampler("grid", 0)
+
+
+def test_result_that_ends_a_trial_is_recorded_as_its_last_intermediate_value(tmp_path):
+    # Ray passes the result that ends a trial only to on_trial_complete.
+    searcher = _searcher(f"sqlite:///{tmp_path / 'o.db'}")
+    searcher.suggest("a")
+    searcher.on_trial_result("a", {"best_val_mae": 0.9, "training_iteration": 1})
+    searcher.on_trial_complete("a", {"best_val_mae": 0.4, "training_iteration": 2, FINISHED_KEY: True})
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    assert study.trials[0].intermediate_values == {1: 0.9, 2: 0.4}
