@@ -1,11 +1,14 @@
 """``harness``: search, evaluate and rank materials-property models.
 
-Typical day:
+A typical day:
 
-    harness data list                                   # what can be benchmarked
-    harness sweep --models crabnet --datasets mp_bulk_modulus --num-samples 16 --max-epochs 40
-    harness leaderboard --suite crabnet28               # -> leaderboards/crabnet28.md
-    harness ui                                          # browse every trial in MLflow
+[bold]harness data list[/]  (what can be benchmarked)
+
+[bold]harness sweep --models crabnet --datasets mp_bulk_modulus --num-samples 16 --max-epochs 40[/]
+
+[bold]harness leaderboard --suite crabnet28[/]  (writes leaderboards/crabnet28.md)
+
+[bold]harness ui[/]  (browse every trial in MLflow)
 """
 
 from __future__ import annotations
@@ -105,8 +108,9 @@ def models_list() -> None:
     from harness.training import n_parameters
 
     table = Table(title="models")
-    for col in ("name", "input", "parameters", "groups", "paper"):
-        table.add_column(col)
+    for col in ("name", "input", "parameters", "groups"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("paper", overflow="ellipsis", no_wrap=True, max_width=60)
     for name, spec in MODELS.items():
         groups = ",".join(g for g, members in GROUPS.items() if name in members)
         try:

@@ -17,7 +17,7 @@ class DatasetSpec:
 
     name: str
     suite: str
-    kind: str  # input kind: "composition"
+    kind: str  # input kind: "composition" or "structure"
     target: str  # column / property name
     unit: str
     split_scheme: str  # human text, e.g. "5-fold CV (Matbench official)"
@@ -85,6 +85,33 @@ MATBENCH_TASKS = {
 }
 
 
+# Structure datasets (suite "structures"): "<source>:<property>": (target column, unit, source).
+# Loading lives in ``structures``; split: seeded random 80/10/10 (seed 0), recorded in notes.
+RANDOM_80_10_10 = "random 80/10/10 (seed 0)"
+_MP2018 = "data_dir()/structures/mp_2018_subset.csv.gz (MP CIFs, CGCNN/MEGNet data)"
+_MPEL = "data_dir()/structures/mp_elasticity.csv.gz (MP CIFs, MEGNet data_elasticity)"
+_MM041 = "PyPI matminer==0.4.1 sdist: matminer/datasets/"
+STRUCTURE_SETS = {
+    "mp_2018_subset:formation_energy_per_atom": ("formation_energy_per_atom", "eV/atom", _MP2018),
+    "mp_2018_subset:band_gap": ("band_gap", "eV", _MP2018),
+    "mp_elasticity:K_VRH": ("K_VRH", "GPa", _MPEL),
+    "mp_elasticity:G_VRH": ("G_VRH", "GPa", _MPEL),
+    "flla_2015:formation_energy_per_atom": ("formation_energy_per_atom", "eV/atom", _MM041 + "flla_2015.csv"),
+    "elastic_tensor_2015:K_VRH": ("K_VRH", "GPa", _MM041 + "elastic_tensor.csv"),
+    "elastic_tensor_2015:G_VRH": ("G_VRH", "GPa", _MM041 + "elastic_tensor.csv"),
+}
+# JARVIS-DFT dft_3d through jarvis-tools (needs internet): suite "jarvis", kept out of "structures"
+# so that an offline `--datasets structures` never tries a 94k-structure download.
+_JARVIS = "jarvis-tools: jarvis.db.figshare.data('dft_3d')"
+JARVIS_PROPERTIES = {
+    "formation_energy_peratom": "eV/atom", "optb88vdw_bandgap": "eV", "mbj_bandgap": "eV",
+    "optb88vdw_total_energy": "eV/atom", "ehull": "eV/atom", "bulk_modulus_kv": "GPa",
+    "shear_modulus_gv": "GPa", "magmom_oszicar": "μB", "slme": "%", "spillage": "unitless",
+}
+# Catalog datasets of other suites whose frames also carry a ``structure`` column.
+WITH_STRUCTURES = ("matbench_phonons",)
+
+
 def _build() -> dict[str, DatasetSpec]:
     specs = [
         DatasetSpec(n, "crabnet28", "composition", t, u, FIXED,
@@ -99,14 +126,22 @@ def _build() -> dict[str, DatasetSpec]:
                     source=f"Matbench v0.1 matbench_{task} (data_dir()/matbench_v0.1 or "
                            f"https://ml.materialsproject.org/projects/matbench_{task}.json.gz)")
         for task, (col, unit, task_type) in MATBENCH_TASKS.items()
+    ] + [
+        DatasetSpec(n, "structures", "structure", t, u, RANDOM_80_10_10, source=src)
+        for n, (t, u, src) in STRUCTURE_SETS.items()
+    ] + [
+        DatasetSpec(f"jarvis_dft_3d:{p}", "jarvis", "structure", p, u, RANDOM_80_10_10, source=_JARVIS)
+        for p, u in JARVIS_PROPERTIES.items()
     ]
     return {s.name: s for s in specs}
 
 
 CATALOG: dict[str, DatasetSpec] = _build()
 SUITES: dict[str, list[str]] = {
-    suite: [s.name for s in CATALOG.values() if s.suite == suite] for suite in ("crabnet28", "matbench")
+    suite: [s.name for s in CATALOG.values() if s.suite == suite]
+    for suite in ("crabnet28", "matbench", "structures", "jarvis")
 }
+SUITES["structures"] += list(WITH_STRUCTURES)  # listed in both suites; its spec.suite stays "matbench"
 
 
 def list_specs(suite: str | None = None) -> list[DatasetSpec]:
@@ -143,6 +178,8 @@ def resolve_datasets(text: str) -> list[str]:
             found = SUITES[token]
         elif token in CATALOG or token.lower() in lower:
             found = [CATALOG[token].name if token in CATALOG else lower[token.lower()]]
+        elif any(n.lower().startswith(token.lower() + ":") for n in CATALOG):  # "mp_2018_subset" -> its targets
+            found = [n for n in CATALOG if n.lower().startswith(token.lower() + ":")]
         else:
             raise KeyError(
                 f"unknown dataset {token!r}. Known suites: {', '.join(SUITES)}, all. "

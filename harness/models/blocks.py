@@ -99,6 +99,19 @@ class CompositionInput(nn.Module):
         return x + encoding
 
 
+def canonical_order(elements: Tensor, fractions: Tensor) -> Tensor:
+    """Per-row column permutation ``[B, L]``: largest fraction first, ties by Z, padding last.
+
+    For models that read a composition as a sequence (L-G-DCNN) and for CECV, which compares
+    element-by-element matrices across compounds. Fractions are compared at 1e-6 so that rounding
+    noise (a formula written in another order sums its amounts in another order) cannot swap
+    two equal fractions.
+    """
+    frac_key = 1_000_000 - torch.round(fractions.double() * 1e6).long()
+    key = (frac_key * 1000 + elements).masked_fill(elements == 0, torch.iinfo(torch.long).max)
+    return key.argsort(dim=1, stable=True)
+
+
 def jitter_fractions(fractions: Tensor, padding: Tensor, noise: float) -> Tensor:
     """CrabNet's training-time "fudge": ``f <- f (1 + noise N(0,1))``, clipped, renormalised."""
     noisy = fractions * (1 + torch.randn_like(fractions) * noise)

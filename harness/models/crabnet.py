@@ -22,6 +22,8 @@ CrabNet's "fractional encoding", Vaswani's positional encoding with the position
 (discretised) fraction. The forward pass returns ``[B, 2] = (mu, log sigma)`` for the RobustL1
 loss ``sqrt(2) |y - mu| exp(-log sigma) + log sigma`` (aleatoric uncertainty).
 
+The input stage and the output head are shared with L-G-DCNN (``blocks.py``).
+
 Faithful to the paper's code, with these adaptations, none of which changes the mathematics:
 - ``batch_first`` tensors, ``torch.nn.TransformerEncoder`` with ``src_key_padding_mask`` as there;
   the third output ``g`` (a sigmoid gate on the mean, CrabNet's ``avg`` branch with
@@ -41,10 +43,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from harness.featurize.composition import CompositionBatch, element_table
+from harness.models.blocks import (  # noqa: F401  (FractionalEncoder, ResidualNetwork: re-exported)
+    CompositionInput,
+    FractionalEncoder,
+    ResidualNetwork,
+    gated_mean,
+    jitter_fractions,
+)
 from harness.models.registry import COMPOSITION_TOKENS, ModelSpec, register
 
 EMBEDDINGS = ("mat2vec", "onehot")
@@ -82,62 +90,17 @@ class CrabNetConfig:
             raise ValueError(f"out_hidden needs at least one positive width, got {self.out_hidden}")
 
 
-class FractionalEncoder(nn.Module):
-    """Sinusoidal encoding of a fraction (``log=True``: of ``0.0025 log2(f)^2``), ``width`` features."""
+class CrabNet(CompositionInput):
+    """``forward(batch) -> [B, 2]``: predicted mean and log standard deviation (scaled units).
 
-    def __init__(self, width: int, resolution: int, log: bool = False) -> None:
-        super().__init__()
-        self.resolution = resolution
-        self.log = log
-        position = torch.arange(resolution, dtype=torch.float32).unsqueeze(1)
-        feature = torch.arange(width, dtype=torch.float32).unsqueeze(0)
-        angle = position / torch.pow(50.0, 2 * feature / width)  # CrabNet: base 50, exponent 2j/width
-        table = torch.where(feature.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
-        self.register_buffer("table", table, persistent=False)  # a function of the config
-
-    def forward(self, fractions: Tensor) -> Tensor:
-        x = fractions
-        if self.log:
-            x = (0.0025 * torch.log2(x) ** 2).clamp(max=1.0)  # padding: log2(0) = -inf -> 1
-        x = x.clamp(min=1.0 / self.resolution)
-        index = torch.round(x * self.resolution).long() - 1
-        return self.table[index]
-
-
-class ResidualNetwork(nn.Module):
-    """Roost's residual MLP: ``x <- LeakyReLU(W x) + R x`` per hidden layer, then a linear output."""
-
-    def __init__(self, in_dim: int, out_dim: int, hidden: tuple[int, ...], bias: bool = False) -> None:
-        super().__init__()
-        dims = [in_dim, *hidden]
-        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
-        self.res_fcs = nn.ModuleList(
-            nn.Linear(a, b, bias=bias) if a != b else nn.Identity() for a, b in zip(dims, dims[1:])
-        )
-        self.act = nn.LeakyReLU()
-        self.fc_out = nn.Linear(dims[-1], out_dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        for fc, res_fc in zip(self.fcs, self.res_fcs):
-            x = self.act(fc(x)) + res_fc(x)
-        return self.fc_out(x)
-
-
-class CrabNet(nn.Module):
-    """``forward(batch) -> [B, 2]``: predicted mean and log standard deviation (scaled units)."""
+    ``element_features(batch)`` gives the per-element features the output head reads (CECV).
+    """
 
     def __init__(self, config: CrabNetConfig, table: Tensor | None = None) -> None:
-        super().__init__()
-        self.config = config
         d = config.d_model
         table = element_table(config.embedding) if table is None else table
-        self.embedding = nn.Embedding.from_pretrained(table, freeze=True)  # row 0 = padding = zeros
-        self.embed_in = nn.Linear(table.shape[1], d)
-        self.frac_encoder = FractionalEncoder(d // 2, config.fractional_resolution)
-        self.log_frac_encoder = FractionalEncoder(d // 2, config.fractional_resolution, log=True)
-        self.emb_scaler = nn.Parameter(torch.ones(1))
-        self.pos_scaler = nn.Parameter(torch.ones(1))
-        self.pos_scaler_log = nn.Parameter(torch.ones(1))
+        super().__init__(d, table, config.fractional_resolution)  # embedding, embed_in, scalers
+        self.config = config
         layer = nn.TransformerEncoderLayer(
             d, config.heads, config.dim_feedforward, config.dropout, batch_first=True
         )
@@ -165,33 +128,20 @@ class CrabNet(nn.Module):
             nn.init.ones_(scaler)
 
     def forward(self, batch: CompositionBatch) -> Tensor:
+        x, real = self.element_features(batch)
+        return gated_mean(self.output_nn(x), ~real)
+
+    def element_features(self, batch: CompositionBatch) -> tuple[Tensor, Tensor]:
+        """``([B, L, d_model], real [B, L])``: encoder output per element, zero at padding."""
         elements, fractions = batch.elements, batch.fractions
         padding = elements == 0  # [B, L]
         if self.training and self.config.fraction_noise > 0:
-            fractions = self._jitter(fractions, padding)
+            fractions = jitter_fractions(fractions, padding, self.config.fraction_noise)
 
-        x = self.embed_in(self.embedding(elements)) * 2**self.emb_scaler
-        encoding = torch.cat(
-            [
-                self.frac_encoder(fractions) * 2 ** ((1 - self.pos_scaler) ** 2),
-                self.log_frac_encoder(fractions) * 2 ** ((1 - self.pos_scaler_log) ** 2),
-            ],
-            dim=-1,
-        )
-        x = self.transformer(x + encoding, src_key_padding_mask=padding)
+        x = self.transformer(self.embed(elements, fractions), src_key_padding_mask=padding)
         if self.config.fraction_weighted:
             x = x * fractions.unsqueeze(-1)
-        x = x.masked_fill(padding.unsqueeze(-1), 0.0)
-
-        out = self.output_nn(x).masked_fill(padding.unsqueeze(-1), 0.0)  # [B, L, 3]
-        out = out.sum(dim=1) / (~padding).sum(dim=1, keepdim=True)  # mean over real elements
-        mean, log_std, gate = out.unbind(dim=-1)
-        return torch.stack([mean * torch.sigmoid(gate), log_std], dim=-1)
-
-    def _jitter(self, fractions: Tensor, padding: Tensor) -> Tensor:
-        noisy = fractions * (1 + torch.randn_like(fractions) * self.config.fraction_noise)
-        noisy = noisy.clamp(0.0, 1.0).masked_fill(padding, 0.0)
-        return noisy / noisy.sum(dim=1, keepdim=True)
+        return x.masked_fill(padding.unsqueeze(-1), 0.0), ~padding
 
 
 def build_crabnet(config: CrabNetConfig, feature_info: dict | None = None) -> CrabNet:

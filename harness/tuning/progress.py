@@ -39,6 +39,7 @@ class ProgressPrinter(tune.Callback):
             f"{self.completed} completed · {self.pruned} pruned · {self.failed} failed · "
             f"best {self.metric} {best}",
             highlight=False,
+            soft_wrap=True,
         )
 
     def on_trial_start(self, iteration, trials, trial, **info):

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -40,7 +41,8 @@ from harness.tuning.trial import TrialContext, final_fit, run_trial
 
 METRIC = "best_val_mae"  # best validation MAE so far: what ASHA compares and Optuna minimises
 
-console = Console(stderr=True)
+# Logs and CI are not terminals: rich would wrap at 80 columns there.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 @dataclass
@@ -147,12 +149,15 @@ def _init_ray(address: str | None) -> bool:
 
 def run_sweep(opts: SweepOptions) -> list[SearchOutcome]:
     """Run the whole sweep; returns one outcome per (dataset, model, split)."""
-    # Ray's result loggers (CSV/JSON/TensorBoard per trial) duplicate what MLflow holds.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Checkpoints come at ASHA rungs (1, 2, 4, …), so early epochs checkpoint often by design.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import optuna
     import ray
 
     from harness.featurize import featurize
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     workdir = Path(opts.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +320,7 @@ def _search_and_evaluate(
             callbacks=[logger, progress],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
     results = tuner.fit()

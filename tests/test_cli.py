@@ -1,0 +1,85 @@
+"""The command line: tables, clear errors, and the MLflow UI bound to loopback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from typer.testing import CliRunner
+
+from harness.cli import app
+
+runner = CliRunner()
+
+
+def test_data_list_shows_every_dataset_with_rows_and_units():
+    result = runner.invoke(app, ["data", "list", "--suite", "crabnet28"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    lines = [l for l in result.output.splitlines() if "│ crabnet28 │" in l]
+    assert len(lines) == 28
+    bulk = next(l for l in lines if "aflow__ael_bulk_modulus_vrh" in l)
+    assert "4896" in bulk.replace(",", "") and "GPa" in bulk
+
+
+def test_models_list_names_crabnet_with_its_parameter_count():
+    result = runner.invoke(app, ["models", "list"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "11,987,206" in result.output  # CrabNet, paper defaults
+
+
+def test_sweep_with_unknown_model_fails_clearly_before_starting_anything(tmp_path):
+    result = runner.invoke(app, ["sweep", "--models", "crabnett", "--datasets", "steels_yield",
+                                 "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2
+    assert "unknown model 'crabnett'" in result.output and "crabnet" in result.output
+    assert not (tmp_path / "w").exists()
+
+
+def test_sweep_with_unknown_dataset_lists_the_known_ones(tmp_path):
+    result = runner.invoke(app, ["sweep", "--models", "crabnet", "--datasets", "nope",
+                                 "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2 and "nope" in result.output
+
+
+def test_leaderboard_without_a_store_says_what_to_do(tmp_path):
+    result = runner.invoke(app, ["leaderboard", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no MLflow store" in result.output and "--mlflow-uri" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_sweep_store_on_loopback(tmp_path):
+    from harness.tuning.tracking import default_tracking_uri, prepare_store
+
+    prepare_store(default_tracking_uri(tmp_path), tmp_path)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "ui", "--workdir", str(tmp_path), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline, body = time.time() + 90, b""
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10", timeout=5) as r:
+                    body = r.read()
+                    break
+            except OSError:
+                time.sleep(1)
+        assert b'"name": "harness"' in body or b'"name":"harness"' in body
+        listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+        assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
