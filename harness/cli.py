@@ -125,7 +125,7 @@ def models_list() -> None:
 # ----------------------------------------------------------------------------- sweep
 @app.command()
 def sweep(
-    models: Annotated[str, typer.Option(help="Models or groups, comma separated (see `harness models list`).")],
+    models: Annotated[str, typer.Option(help="Models or groups, comma separated (see `harness models list`).")] = "",
     datasets: Annotated[str, typer.Option(help="Datasets or a suite name, comma separated (see `harness data list`).")] = "",
     num_samples: Annotated[int, typer.Option(help="Trials per (model, dataset, split) search.")] = 8,
     max_epochs: Annotated[int, typer.Option(help="Epochs of a trial that ASHA never stops; also the final fits' epochs.")] = 50,
@@ -146,6 +146,11 @@ def sweep(
     target: Annotated[Optional[str], typer.Option(help="Target column of --dataset-file.")] = None,
     formula_column: Annotated[str, typer.Option(help="Formula column of --dataset-file.")] = "formula",
     search_spaces: Annotated[Optional[Path], typer.Option(help="Folder of search-space YAMLs (default: search_spaces/).")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Ray experiment storage; on a multi-node cluster shared storage (s3://…, gs://…, or an NFS path). Default: <workdir>/ray_results.")] = None,
+    max_failures: Annotated[int, typer.Option(help="Retries (from the last checkpoint) of a trial whose worker or node died.")] = 3,
+    concurrent_searches: Annotated[int, typer.Option(help="Searches (model × dataset × split) run side by side on the cluster.")] = 1,
+    max_concurrent_trials: Annotated[Optional[int], typer.Option(help="Trials of one search at once (default: as many as the cluster's CPUs/GPUs fit).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted sweep in this workdir: same Ray experiments, Optuna studies and MLflow runs.")] = None,
 ) -> None:
     """Search hyperparameters (Optuna + ASHA on Ray), log every trial to MLflow, then retrain
     the best configuration with K seeds and score it on the test split (every fold for CV suites).
@@ -158,6 +163,18 @@ def sweep(
     from harness.tuning.space import SearchSpaceError
     from harness.tuning.sweep import SweepOptions, run_sweep
 
+    if resume is not None:
+        from harness.tuning.sweep import load_sweep
+
+        try:
+            saved, _ = load_sweep(resume)
+        except FileNotFoundError as exc:
+            _fail(str(exc))
+        saved.address, saved.mlflow_uri = address or saved.address, mlflow_uri or saved.mlflow_uri
+        run_sweep(saved, resume=True)
+        return
+    if not models:
+        _fail("give --models (see `harness models list`) or --resume WORKDIR")
     if sampler not in SAMPLERS:
         _fail(f"--sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
     if not datasets and dataset_file is None:
@@ -174,10 +191,34 @@ def sweep(
             drop_invalid=drop_invalid, grace_period=grace_period,
             reduction_factor=reduction_factor, space_dir=search_spaces,
             dataset_file=dataset_file, target=target, formula_column=formula_column,
+            storage=storage, max_failures=max_failures, concurrent_searches=concurrent_searches,
+            max_concurrent_trials=max_concurrent_trials,
         )
         run_sweep(opts)
     except (KeyError, ValueError, DataError, SearchSpaceError, FileNotFoundError) as exc:
         _fail(str(exc).strip("'\""))
+
+
+# ----------------------------------------------------------------------------- status
+@app.command()
+def status(
+    workdir: Annotated[Path, typer.Argument(help="A sweep's --workdir.")] = DEFAULT_WORKDIR,
+) -> None:
+    """Where a sweep stands: trials running / completed / pruned / failed, best so far, per
+    model, dataset and split (works while the sweep runs, and after it was interrupted)."""
+    from harness.tuning.status import sweep_status
+
+    try:
+        sweep, frame = sweep_status(workdir)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    table = Table(title=f"sweep {sweep['sweep_id']} · {sweep['tracking_uri']}")
+    for col in frame.columns:
+        table.add_column(col)
+    for row in frame.itertuples(index=False):
+        table.add_row(*["—" if v is None or (isinstance(v, float) and v != v) else
+                        (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row])
+    console.print(table)
 
 
 # ----------------------------------------------------------------------------- leaderboard

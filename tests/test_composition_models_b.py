@@ -185,6 +185,10 @@ def test_registry_recipes_and_search_spaces() -> None:
                     assert entry["low"] <= value <= entry["high"], key
     with pytest.raises(ValueError, match="kernel_size"):
         LGDCNNConfig(kernel_size=4)
+    from harness.tuning.space import load_space  # the sweep's own reader accepts every space
+
+    for name in MODELS:
+        assert set(load_space(get_model(name))) == {"model_params", "train_params"}
 
 
 def test_crabnet_element_features_feed_its_head(rows) -> None:

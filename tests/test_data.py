@@ -51,7 +51,8 @@ def official(name):
 
 def test_catalog_and_suites():
     assert len(SUITES["crabnet28"]) == 28 and len(SUITES["matbench"]) == 13
-    assert len(CATALOG) == 41 and all(CATALOG[n].kind == "composition" for n in CATALOG)
+    composition = SUITES["crabnet28"] + SUITES["matbench"]  # structure suites: tests/test_structure_data.py
+    assert len(composition) == 41 and all(CATALOG[n].kind == "composition" for n in composition)
     assert {s.task_type for s in list_specs("matbench") if s.task_type == "classification"} == {"classification"}
     assert sorted(s.name for s in list_specs("matbench") if s.task_type == "classification") == [
         "matbench_expt_is_metal", "matbench_glass", "matbench_mp_is_metal"]
@@ -66,7 +67,7 @@ def test_resolve_datasets():
     assert resolve_datasets("crabnet28") == SUITES["crabnet28"]
     assert resolve_datasets("matbench_steels, castelli,matbench_steels") == ["matbench_steels", "castelli"]
     assert resolve_datasets("oqmd_bandgap") == ["OQMD_Bandgap"]
-    assert len(resolve_datasets("all")) == 41
+    assert len(resolve_datasets("all")) == len(CATALOG) == 41 + len(SUITES["structures"]) - 1 + len(SUITES["jarvis"])
     with pytest.raises(KeyError, match="castelli"):  # the message lists the known names
         resolve_datasets("castelli,nope")
 
@@ -361,7 +362,7 @@ def test_custom_random_split(tmp_path):
 def test_data_table(wheel):
     table = data_table()
     assert list(table.columns) == ["name", "suite", "rows", "target", "unit", "split"]
-    assert table.suite.value_counts().to_dict() == {"crabnet28": 28, "matbench": 13}
+    assert table.suite.value_counts().to_dict() == {"crabnet28": 28, "matbench": 13, "structures": 7, "jarvis": 10}
     rows = dict(zip(table.name, table.rows))
     assert rows["matbench_steels"] == 312 and rows["aflow__ael_bulk_modulus_vrh"] == 4896
     assert rows["castelli"] == len(load_dataset("castelli"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from torch_geometric.data import Batch
 
 from harness.data.dataset import Split
 from harness.featurize.graph_types import CrystalGraph, GraphBatch
+from harness.featurize.graphs import CrystalGraphs, GraphConfig, build_arrays, build_crystal_graph
 from harness.models import GROUPS, get_model
 from harness.paths import data_dir
 from harness.training import TrainConfig, Trainer, n_parameters, seed_everything
@@ -64,110 +64,19 @@ def _load_structures(n: int, max_sites: int = 8) -> tuple[list[Structure], np.nd
     return structures, np.asarray(targets, dtype=np.float64)
 
 
-def _graph_from_featurizer(structure: Structure, lern: bool, dtype: torch.dtype) -> CrystalGraph | None:
-    """The shared featurizer's graph, once ``harness/featurize/graphs.py`` exists."""
-    try:
-        from harness.featurize import graphs
-    except ImportError:
-        return None
-    kwargs = {"site_env": True} if lern else {}
-    try:
-        graph = graphs.build_crystal_graph(structure, k=12, **kwargs)
-    except TypeError:
-        return None
+def _graph(structure: Structure, lern: bool = False, dtype: torch.dtype = torch.float32) -> CrystalGraph:
+    """The shared featurizer's crystal graph (k = 12, ties kept, line graph, site environments)."""
+    graph = build_crystal_graph(structure, k=12, site_env=lern)
     for key in ("edge_vec", "edge_length", "angle", "site_env"):
         if getattr(graph, key, None) is not None:
             setattr(graph, key, getattr(graph, key).to(dtype))
     return graph
 
 
-def _graph(structure: Structure, k: int = 12, lern: bool = False, dtype: torch.dtype = torch.float32) -> CrystalGraph:
-    """A ``CrystalGraph`` of ``structure``: the shared featurizer's if present, else this file's.
-
-    Private fallback (until the featurizer lands): k nearest periodic neighbours from
-    ``Structure.get_neighbor_list``, ties at the k-th distance included (so that a supercell
-    sees the same neighbours), line graph of bond pairs sharing a centre, and a rough 6x11
-    local environment per site for LERN.
-    """
-    graph = _graph_from_featurizer(structure, lern, dtype)
-    if graph is not None:
-        return graph
-    n_sites = len(structure)
-    radius = 6.0
-    while True:
-        centres, points, images, dists = structure.get_neighbor_list(radius)
-        counts = np.bincount(centres, minlength=n_sites)
-        if counts.min() >= max(k, 10):
-            break
-        radius *= 1.5
-    order = np.lexsort((points, np.round(dists, 6), centres))
-    centres, points, images, dists = centres[order], points[order], images[order], dists[order]
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    kth = dists[starts + k - 1]
-    keep = dists <= kth[centres] + 1e-4
-    centres, points, images, dists = centres[keep], points[keep], images[keep], dists[keep]
-    cart = structure.cart_coords
-    vec = cart[points] + images @ structure.lattice.matrix - cart[centres]
-
-    pairs = []
-    for i in range(n_sites):
-        ids = np.nonzero(centres == i)[0]
-        a, b = np.meshgrid(ids, ids, indexing="ij")
-        mask = a != b
-        pairs.append(np.stack([a[mask], b[mask]]))
-    lg = np.concatenate(pairs, axis=1)
-    va, vb = vec[lg[0]], vec[lg[1]]
-    cos = (va * vb).sum(1) / (np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1))
-    graph = CrystalGraph(
-        z=torch.tensor(structure.atomic_numbers, dtype=torch.long),
-        edge_index=torch.tensor(np.stack([points, centres]), dtype=torch.long),
-        edge_vec=torch.tensor(vec, dtype=dtype),
-        edge_length=torch.tensor(np.linalg.norm(vec, axis=1), dtype=dtype),
-        lg_edge_index=torch.tensor(lg, dtype=torch.long),
-        angle=torch.tensor(np.arccos(np.clip(cos, -1.0, 1.0)), dtype=dtype),
-        num_nodes=n_sites,
-    )
-    if lern:
-        graph.site_env = _site_env(structure, centres, points, dists).to(dtype)
-    return graph
-
-
-def _site_env(structure: Structure, centres: np.ndarray, points: np.ndarray, dists: np.ndarray) -> torch.Tensor:
-    """[N, 1, 6, 11]: the site and its 10 nearest neighbours x (Z, X, CN, row, distance, group)."""
-    z = np.array(structure.atomic_numbers)
-    species = [site.specie for site in structure]
-    x = np.array([s.X if not math.isnan(s.X) else 0.0 for s in species])
-    row = np.array([s.row for s in species], dtype=float)
-    group = np.array([s.group for s in species], dtype=float)
-    nearest = np.array([dists[centres == i].min() for i in range(len(structure))])
-    cn = np.array([(dists[centres == i] <= 1.1 * nearest[i]).sum() for i in range(len(structure))], dtype=float)
-    env = np.zeros((len(structure), 1, 6, 11))
-    for i in range(len(structure)):
-        ids = np.nonzero(centres == i)[0]
-        ids = ids[np.lexsort((z[points[ids]], np.round(dists[ids], 4)))][:10]
-        members = np.concatenate(([i], points[ids]))
-        distance = np.concatenate(([0.0], dists[ids]))
-        env[i, 0, :, : len(members)] = [z[members], x[members], cn[members], row[members], distance, group[members]]
-    return torch.tensor(env)
-
-
-class GraphFeatures:
-    """A minimal ``Features`` over prebuilt ``CrystalGraph`` objects (the trainer's batch protocol)."""
-
-    def __init__(self, graphs: list[CrystalGraph]) -> None:
-        self.graphs = graphs
-        self.info: dict = {}
-
-    def __len__(self) -> int:
-        return len(self.graphs)
-
-    def batches(self, indices, y, batch_size, shuffle=False, generator=None):
-        indices = np.asarray(indices)
-        y = torch.as_tensor(np.asarray(y), dtype=torch.float32)
-        order = torch.randperm(len(indices), generator=generator).numpy() if shuffle else np.arange(len(indices))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            yield GraphBatch(Batch.from_data_list([self.graphs[i] for i in indices[rows]]), y[rows])
+def _features(structures: list[Structure]) -> CrystalGraphs:
+    """The featurizer's ``Features`` (the trainer's batch protocol) over these structures."""
+    config = GraphConfig(k=12, line_graph=True, site_env=True)
+    return CrystalGraphs(build_arrays(structures, [str(i) for i in range(len(structures))], config), config)
 
 
 def _batch(graphs: list[CrystalGraph]) -> GraphBatch:
@@ -183,11 +92,21 @@ def _build(name: str, small: bool = False, seed: int = 0):
 # ---------------------------------------------------------------------------- fixtures
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these graphs are small, and on a busy 2-core machine two OpenMP
+    threads spin against other processes and run 5-50x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def real() -> tuple[list[Structure], np.ndarray, GraphFeatures]:
+def real() -> tuple[list[Structure], np.ndarray, CrystalGraphs]:
     """40 real crystals (<= 8 sites) from matbench_phonons, their targets (cm^-1) and graphs."""
     structures, targets = _load_structures(40)
-    return structures, targets, GraphFeatures([_graph(s, lern=True) for s in structures])
+    return structures, targets, _features(structures)
 
 
 # ------------------------------------------------------------------------------- tests
@@ -241,16 +160,22 @@ def test_parameter_counts_of_paper_defaults() -> None:
 def test_forward_shape_paper_default(real, name: str) -> None:
     _, _, features = real
     model = _build(name)
-    batch = _batch(features.graphs[:8])
+    batch = _batch([features.graph(i) for i in range(8)])
     model.train()
     out = model(batch)
     assert out.shape == (8,) and torch.isfinite(out).all()
     out.sum().backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    # ALIGNN keeps the reference layout: the edge BatchNorms of the last line-graph update and
+    # of the last GCN layer feed nothing (they count in the reference's 4,026,753 too)
+    unused = set()
+    if name == "alignn":
+        unused = {f"{m}.bn_edges.{p}" for m in ("alignn_layers.3.edge_update", "gcn_layers.3") for p in ("weight", "bias")}
+    for pname, p in model.named_parameters():
+        assert (p.grad is None) == (pname in unused), pname
+        assert p.grad is None or torch.isfinite(p.grad).all(), pname
     model.eval()
     with torch.no_grad():
-        single = model(_batch(features.graphs[:1]))
+        single = model(_batch([features.graph(0)]))
     assert single.shape == (1,)
 
 
@@ -283,7 +208,8 @@ def test_invariance_rotation_translation_supercell(real, name: str) -> None:
     supercells = [s.make_supercell([2, 1, 1], in_place=False) for s in picks]
     for label, variants in (("rotation", rotated), ("translation", translated), ("supercell 2x1x1", supercells)):
         got = predict(variants)
-        assert torch.allclose(got, reference, rtol=1e-7, atol=1e-7), (name, label, got, reference)
+        # the featurizer stores lengths/angles in float32: agreement to ~1e-6, not 1e-15
+        assert torch.allclose(got, reference, rtol=1e-5, atol=1e-5), (name, label, got, reference)
 
 
 @pytest.mark.parametrize("name", ["crysformer", "alignn"])
@@ -291,25 +217,27 @@ def test_batching_matches_single_graphs(real, name: str) -> None:
     """Line graphs batch correctly: each structure alone gives what it gets inside a batch."""
     _, _, features = real
     model = _build(name, small=True).eval()
-    graphs = features.graphs[:5]
+    graphs = [features.graph(i) for i in range(5)]
     with torch.no_grad():
         together = model(_batch(graphs))
         alone = torch.cat([model(_batch([g])) for g in graphs])
     assert torch.allclose(together, alone, atol=1e-5)
 
 
-def _trainer(features: GraphFeatures, targets: np.ndarray, name: str, epochs: int, seed: int = 0, **train) -> Trainer:
+def _trainer(features: CrystalGraphs, targets: np.ndarray, name: str, epochs: int, seed: int = 0,
+             val_on_train: bool = False, **train) -> Trainer:
     spec = get_model(name)
     recipe = {**spec.train_defaults, "epochs": epochs, "batch_size": 8, "seed": seed, "scheduler": "none", **train}
     rows = np.arange(len(features))
-    split = Split("random", rows[:32], rows[32:40], rows[32:40])
+    val = rows[:32] if val_on_train else rows[32:40]  # overfitting: the "best epoch" is the best fit
+    split = Split("random", rows[:32], val, rows[32:40])
     return Trainer(_build(name, small=True, seed=seed), features, targets, split, TrainConfig.from_dict(recipe), device="cpu")
 
 
-OVERFIT = {  # epochs and learning-rate overrides for the small models
+OVERFIT = {  # epochs and optimizer overrides for the small models
     "crysformer": dict(epochs=25, lr=3e-3),
     "alignn": dict(epochs=25, lr=3e-3),
-    "cgcnn": dict(epochs=40, lr=0.03),
+    "cgcnn": dict(epochs=40, optimizer="adam", lr=5e-3),  # CGCNN's code offers Adam beside SGD
     "schnet": dict(epochs=40, lr=3e-3),
     "lern": dict(epochs=25, lr=3e-3),
 }
@@ -319,14 +247,14 @@ OVERFIT = {  # epochs and learning-rate overrides for the small models
 def test_overfits_32_real_structures(real, name: str) -> None:
     _, targets, features = real
     settings = dict(OVERFIT[name])
-    trainer = _trainer(features, targets, name, **settings)
+    trainer = _trainer(features, targets, name, val_on_train=True, **settings)
     history = trainer.fit().history
     first, last = history[0]["train_loss"], min(h["train_loss"] for h in history[-3:])
-    train_mae = np.abs(trainer.predict(trainer.split.train) - targets[:32]).mean()
+    train_mae = np.abs(trainer.predict(trainer.split.train) - targets[:32]).mean()  # eval mode
     spread = np.abs(targets[:32] - targets[:32].mean()).mean()
     print(f"\n{name}: train loss {first:.3f} -> {last:.3f}; train MAE {train_mae:.1f} vs spread {spread:.1f} cm^-1")
     assert last < 0.35 * first, (name, first, last)
-    assert train_mae < 0.6 * spread, (name, train_mae, spread)
+    assert train_mae < 0.4 * spread, (name, train_mae, spread)
 
 
 @pytest.mark.parametrize("name", GRAPH_MODELS)
@@ -343,7 +271,7 @@ def test_deterministic_under_seed(real, name: str) -> None:
 
 def test_lern_needs_site_environments(real) -> None:
     _, _, features = real
-    graph = features.graphs[0].clone()
+    graph = features.graph(0)
     del graph.site_env
     with pytest.raises(ValueError, match="site_env"):
         _build("lern", small=True)(_batch([graph]))

@@ -3,8 +3,8 @@
 Everything downstream (featurizers, trainers, tuning, leaderboards) receives a validated
 ``Dataset`` whose splits come from the dataset's definition. Entry points:
 
-* ``load_dataset(name)`` for a catalog name (suites ``crabnet28`` and ``matbench``),
-* ``load_custom(path, target)`` for a user's CSV,
+* ``load_dataset(name)`` for a catalog name (suites ``crabnet28``, ``matbench``, ``structures``, ``jarvis``),
+* ``load_custom(path, target)`` for a user's CSV, ``load_custom_structures`` for structure files,
 * ``fetch(names)`` to put sources into the cache ahead of a cluster run,
 * ``data_table()`` for ``harness data list``.
 """
@@ -15,15 +15,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.data import crabnet_wheel, matbench
-from harness.data.catalog import CATALOG, SUITES, DatasetSpec, get_spec, list_specs, resolve_datasets
+from harness.data import crabnet_wheel, matbench, structures
+from harness.data.catalog import CATALOG, SUITES, WITH_STRUCTURES, DatasetSpec, get_spec, list_specs, resolve_datasets
 from harness.data.crabnet_wheel import read_wheel_csv
 from harness.data.custom import load_custom
 from harness.data.dataset import DataError, Dataset, Split
+from harness.data.structures import load_custom_structures
 
 __all__ = [
     "CATALOG", "SUITES", "DataError", "Dataset", "DatasetSpec", "Split", "count_rows", "data_table",
-    "fetch", "get_spec", "list_specs", "load_custom", "load_dataset", "read_wheel_csv", "resolve_datasets",
+    "fetch", "get_spec", "list_specs", "load_custom", "load_custom_structures", "load_dataset", "read_wheel_csv",
+    "resolve_datasets",
 ]
 
 
@@ -32,7 +34,12 @@ def load_dataset(name: str, *, drop_invalid: bool = False) -> Dataset:
     spec = get_spec(name)
     if spec.suite == "crabnet28":
         return crabnet_wheel.load_crabnet(spec.name, drop_invalid=drop_invalid)
-    return matbench.load_matbench(spec.name, drop_invalid=drop_invalid)
+    if spec.kind == "structure":
+        return structures.load_structure_dataset(spec.name, drop_invalid=drop_invalid)
+    dataset = matbench.load_matbench(spec.name, drop_invalid=drop_invalid)
+    if spec.name in WITH_STRUCTURES:  # composition and structure models share its rows and folds
+        dataset = structures.attach_matbench_structures(dataset, drop_invalid=drop_invalid)
+    return dataset
 
 
 def fetch(names: list[str]) -> dict[str, Path]:
@@ -40,8 +47,15 @@ def fetch(names: list[str]) -> dict[str, Path]:
     out = {}
     for name in names:
         spec = get_spec(name)
+        if spec.kind == "structure":
+            src = structures.SOURCES.get(spec.name.split(":")[0])
+            out[spec.name] = (structures.sdist_path() if src and src.where == "sdist"
+                              else Path(structures.load_structure_dataset(spec.name).notes["source_file"]))
+            continue
         out[spec.name] = (crabnet_wheel.wheel_path() if spec.suite == "crabnet28"
                           else matbench.source_path(spec.name))
+        if spec.name in WITH_STRUCTURES:
+            structures.matbench_structure_path(spec.name, str(out[spec.name]))
     return out
 
 
@@ -52,6 +66,8 @@ def count_rows(name: str) -> int | None:
     this is the number of distinct (formula, target) rows over the five folds.
     """
     spec = get_spec(name)
+    if spec.kind == "structure":
+        return structures.count_rows(spec.name)
     module = crabnet_wheel if spec.suite == "crabnet28" else matbench
     return module.count_rows(spec.name)
 

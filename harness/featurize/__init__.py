@@ -14,8 +14,29 @@ from harness.featurize.composition import CompositionBatch, CompositionTokens, e
 from harness.featurize.fractions import ElementFractions
 from harness.featurize.magpie import MagpieFeatures, TabularBatch
 
+
+def _structure_kind(kind: str) -> Callable[[Dataset], Features]:
+    """Structure featurizers import torch_geometric and matminer (seconds): only when used."""
+
+    def featurizer(dataset: Dataset) -> Features:
+        from harness.featurize.graphs import CrystalGraphs, GraphConfig
+        from harness.featurize.structure_attributes import MagpieStructureFeatures
+
+        if kind == "magpie_structure":
+            return MagpieStructureFeatures.from_dataset(dataset)
+        return CrystalGraphs.from_dataset(dataset, GraphConfig(k=12, line_graph=kind == "crystal_graph",
+                                                               site_env=kind == "crystal_graph_lern"))
+
+    featurizer.__name__ = f"featurize_{kind}"
+    return featurizer
+
+
 FEATURIZERS: dict[str, Callable[[Dataset], Features]] = {
     "composition_tokens": CompositionTokens.from_dataset,
+    # structure kinds: graph + line graph (k = 12), graph + LERN site environments, 145 + 128 attributes
+    "crystal_graph": _structure_kind("crystal_graph"),
+    "crystal_graph_lern": _structure_kind("crystal_graph_lern"),
+    "magpie_structure": _structure_kind("magpie_structure"),
     "magpie": MagpieFeatures.from_dataset,
     "element_fractions": ElementFractions.from_dataset,
 }
@@ -38,6 +59,10 @@ def default_info(input_kind: str) -> dict:
 
     frame = pd.DataFrame({"id": ["p0", "p1", "p2"], "formula": ["Fe2O3", "NaCl", "BaTiO3"],
                           "target": [0.0, 1.0, 2.0]})
+    if input_kind in ("crystal_graph", "crystal_graph_lern", "magpie_structure"):
+        from harness.featurize.graphs import probe_structures
+
+        frame["structure"] = probe_structures()  # real cells of the same three compounds
     idx = np.arange(3)
     probe = Dataset("probe", "probe", "target", "", frame, [Split("fixed", idx, idx, idx)], sha256="probe")
     return featurize(input_kind, probe).info

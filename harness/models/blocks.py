@@ -4,6 +4,7 @@ CrabNet (``crabnet.py``) and L-G-DCNN (``lgdcnn.py``) read a composition the sam
 predict from per-element features the same way; only the middle differs (a transformer there,
 BiLSTM/BiGRU + convolutions here). Roost (``roost.py``) reuses the residual output network.
 These pieces lived inside ``crabnet.py``; they are here so that no model copies them.
+``canonical_order`` fixes the element order for models (and analyses) that read a sequence.
 
     x_i = 2^a W m(Z_i) + [2^((1-b)^2) PE(f_i) ; 2^((1-c)^2) PE(0.0025 log2(f_i)^2)]   CompositionInput.embed
     (mu, log sigma) = gated_mean(ResidualNetwork(h_i))                                  the output head

@@ -34,7 +34,7 @@ bonds ``e``, its edges the angles ``t``: updates ``e`` and ``t``), then one on t
 3. position-wise feed-forward on nodes and on edges, residual + LayerNorm (post-norm, as the
    Transformer): ``u <- LN(u + FFN(u))``, ``w <- LN(w + FFN'(w))``, FFN = Linear-SiLU-Linear.
 
-Readout: ``y = MLP(mean_i h_i)`` (Linear-SiLU-Linear). Recipe (paper): AdamW, weight decay 1e-4,
+The last block's two layers skip their edge updates (nothing reads them). Readout: ``y = MLP(mean_i h_i)`` (Linear-SiLU-Linear). Recipe (paper): AdamW, weight decay 1e-4,
 batch 64, MSE, 300 epochs; lr 1e-3.
 
 Choices made here where the description is silent: the conditional score is the edge-modulated
@@ -89,9 +89,10 @@ def _ffn(d: int, multiplier: int, dropout: float) -> nn.Sequential:
 class CrysformerLayer(nn.Module):
     """``(u [N, d], w [E, d], edge_index [2, E]) -> (u', w')``: cross-attention, conditional attention, FFN."""
 
-    def __init__(self, d: int, heads: int, ffn_multiplier: int = 2, dropout: float = 0.0) -> None:
+    def __init__(self, d: int, heads: int, ffn_multiplier: int = 2, dropout: float = 0.0, update_edges: bool = True) -> None:
         super().__init__()
         self.d, self.heads, self.d_head = d, heads, d // heads
+        self.update_edges = update_edges
         self.scale = 1.0 / math.sqrt(self.d_head)
         # 1. cross-attention: node queries, edge keys/values
         self.cross_q = nn.Linear(d, d)
@@ -102,14 +103,15 @@ class CrysformerLayer(nn.Module):
         self.cond_qkv = nn.Linear(d, 3 * d)
         self.cond_edge = nn.Linear(d, d)
         self.cond_node_out = nn.Linear(d, d)
-        self.cond_edge_out = nn.Linear(d, d)
         self.cond_node_norm = nn.LayerNorm(d)
-        self.cond_edge_norm = nn.LayerNorm(d)
         # 3. feed-forward
         self.node_ffn = _ffn(d, ffn_multiplier, dropout)
-        self.edge_ffn = _ffn(d, ffn_multiplier, dropout)
         self.node_ffn_norm = nn.LayerNorm(d)
-        self.edge_ffn_norm = nn.LayerNorm(d)
+        if update_edges:  # the last atom-graph layer's edge outputs would reach nothing
+            self.cond_edge_out = nn.Linear(d, d)
+            self.cond_edge_norm = nn.LayerNorm(d)
+            self.edge_ffn = _ffn(d, ffn_multiplier, dropout)
+            self.edge_ffn_norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(dropout)
 
     def reset_parameters(self) -> None:
@@ -135,11 +137,12 @@ class CrysformerLayer(nn.Module):
         gated = torch.sigmoid(c) * vn.index_select(0, src)
         msg = (beta.unsqueeze(-1) * gated.view(e, h, dh)).reshape(e, self.d)
         u = self.cond_node_norm(u + self.dropout(self.cond_node_out(scatter_sum(msg, dst, n))))
-        w = self.cond_edge_norm(w + self.dropout(self.cond_edge_out(c)))
 
         # 3. feed-forward
         u = self.node_ffn_norm(u + self.dropout(self.node_ffn(u)))
-        w = self.edge_ffn_norm(w + self.dropout(self.edge_ffn(w)))
+        if self.update_edges:
+            w = self.cond_edge_norm(w + self.dropout(self.cond_edge_out(c)))
+            w = self.edge_ffn_norm(w + self.dropout(self.edge_ffn(w)))
         return u, w
 
 
@@ -153,9 +156,12 @@ class Crysformer(nn.Module):
         self.atom_embedding = atom_embedding("learned", d)
         self.bond_embedding = nn.Sequential(RBFExpansion(0.0, config.edge_rbf_max, config.edge_bins), nn.Linear(config.edge_bins, d))
         self.angle_embedding = nn.Sequential(RBFExpansion(0.0, math.pi, config.angle_bins), nn.Linear(config.angle_bins, d))
-        layer = lambda: CrysformerLayer(d, config.heads, config.ffn_multiplier, config.dropout)  # noqa: E731
-        self.line_layers = nn.ModuleList(layer() for _ in range(config.n_blocks))
-        self.atom_layers = nn.ModuleList(layer() for _ in range(config.n_blocks))
+        def layer(update_edges: bool = True) -> CrysformerLayer:
+            return CrysformerLayer(d, config.heads, config.ffn_multiplier, config.dropout, update_edges)
+
+        last = config.n_blocks - 1
+        self.line_layers = nn.ModuleList(layer(k < last) for k in range(config.n_blocks))  # angles of the last: unread
+        self.atom_layers = nn.ModuleList(layer(k < last) for k in range(config.n_blocks))
         self.readout = mlp((d, d, 1), "silu")
         self.reset_parameters()
 

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 FINISHED_KEY = "trial_finished"
+ERROR_KEY = "trial_error"  # set by the trainable when a trial fails for a reason of its own
 
 SAMPLERS = ("tpe", "random", "cmaes")
 
@@ -41,14 +42,32 @@ class TruthfulOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._reported_steps: dict[str, set[int]] = {}
 
+    def _already_told(self, trial_id: str) -> bool:
+        """True if Optuna already holds this trial's end. A resumed sweep restores this
+        searcher from Ray's last snapshot, which may predate the tell; Optuna's storage is
+        the record, so a replayed trial changes nothing there."""
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return True
+        ot_trial = self._ot_trials[trial_id]
+        state = ot_trial.storage.get_trial(ot_trial._trial_id).state
+        if state.is_finished():
+            self._completed_trials.add(trial_id)
+            return True
+        return False
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        if ERROR_KEY in result or not isinstance(value, (int, float)) or math.isnan(value):
+            return
+        if self._already_told(trial_id):
+            return
         super().on_trial_result(trial_id, result)
         self._reported_steps.setdefault(trial_id, set()).add(int(result["training_iteration"]))
 
     def on_trial_complete(
         self, trial_id: str, result: Optional[dict] = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if self._already_told(trial_id):
             return
         ot_trial = self._ot_trials[trial_id]
         value = (result or {}).get(self.metric)
@@ -58,7 +77,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         if isinstance(value, (int, float)) and not math.isnan(value) and step is not None:
             if int(step) not in self._reported_steps.get(trial_id, set()):
                 ot_trial.report(float(value), int(step))
-        if error or value is None or (isinstance(value, float) and math.isnan(value)):
+        failed = error or ERROR_KEY in (result or {})
+        if failed or value is None or (isinstance(value, float) and math.isnan(value)):
             state, value = TrialState.FAIL, None
         elif not (result or {}).get(FINISHED_KEY):
             state, value = TrialState.PRUNED, None

@@ -7,18 +7,28 @@ import math
 from ray import tune
 from rich.console import Console
 
-from harness.tuning.optuna_search import FINISHED_KEY
+from harness.tuning.optuna_search import ERROR_KEY, FINISHED_KEY
+
+
+def trial_state(trial) -> str:
+    """completed / pruned / failed / running / pending, from a Tune trial."""
+    last = trial.last_result or {}
+    if trial.status == "ERROR" or ERROR_KEY in last:
+        return "failed"
+    if trial.status == "TERMINATED":
+        return "completed" if last.get(FINISHED_KEY) else "pruned"
+    return "running" if trial.status == "RUNNING" else "pending"
 
 
 class ProgressPrinter(tune.Callback):
+    """One line per finished trial. Counts are recomputed from Tune's trial list each time,
+    so they stay right after a resumed sweep."""
+
     def __init__(self, label: str, num_samples: int, metric: str, console: Console | None = None):
         self.label = label
         self.num_samples = num_samples
         self.metric = metric
         self._console = console
-        self.completed = self.pruned = self.failed = 0
-        self.running: set[str] = set()
-        self.best = math.inf
 
     @property
     def console(self) -> Console:
@@ -30,38 +40,35 @@ class ProgressPrinter(tune.Callback):
         # Ray pickles callbacks with the experiment state; a Console holds a lock.
         return {**self.__dict__, "_console": None}
 
-    def _line(self, event: str) -> None:
-        best = "—" if math.isinf(self.best) else f"{self.best:.4g}"
-        done = self.completed + self.pruned + self.failed
+    def _line(self, trials, trial, kind: str, detail: str = "") -> None:
+        # The callback runs before Tune updates this trial's status: use the event's kind.
+        states = [kind if t is trial else trial_state(t) for t in trials]
+        event = f"{kind} {detail}".strip()
+        best = min(
+            (t.last_result.get(self.metric, math.inf) for t in trials
+             if t.last_result and isinstance(t.last_result.get(self.metric), (int, float))
+             and not math.isnan(t.last_result.get(self.metric))),
+            default=math.inf,
+        )
+        done = sum(s in ("completed", "pruned", "failed") for s in states)
+        best_text = "—" if math.isinf(best) else f"{best:.4g}"
         self.console.print(
-            f"[bold]{self.label}[/] {event:<28} "
-            f"{done}/{self.num_samples} done · {len(self.running)} running · "
-            f"{self.completed} completed · {self.pruned} pruned · {self.failed} failed · "
-            f"best {self.metric} {best}",
+            f"[bold]{self.label}[/] trial {trial.trial_id} {event:<22} "
+            f"{done}/{self.num_samples} done · {states.count('running')} running · "
+            f"{states.count('completed')} completed · {states.count('pruned')} pruned · "
+            f"{states.count('failed')} failed · best {self.metric} {best_text}",
             highlight=False,
             soft_wrap=True,
         )
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.running.add(trial.trial_id)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and not math.isnan(value):
-            self.best = min(self.best, float(value))
-
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
         last = trial.last_result or {}
-        if last.get(FINISHED_KEY):
-            self.completed += 1
-            event = f"trial {trial.trial_id} completed"
+        if ERROR_KEY in last:
+            self._line(trials, trial, "failed", f"({str(last[ERROR_KEY])[:50]})")
+        elif last.get(FINISHED_KEY):
+            self._line(trials, trial, "completed")
         else:
-            self.pruned += 1
-            event = f"trial {trial.trial_id} pruned@{last.get('epoch', '?')}"
-        self._line(event)
+            self._line(trials, trial, "pruned", f"@ epoch {last.get('epoch', '?')}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self.failed += 1
-        self._line(f"trial {trial.trial_id} FAILED")
+        self._line(trials, trial, "failed")

@@ -34,7 +34,7 @@ from harness.data.dataset import Dataset, Split
 from harness.models import get_model
 from harness.provenance import hardware
 from harness.tuning import tracking
-from harness.tuning.optuna_search import FINISHED_KEY, TruthfulOptunaSearch, make_sampler
+from harness.tuning.optuna_search import ERROR_KEY, FINISHED_KEY, TruthfulOptunaSearch, make_sampler
 from harness.tuning.progress import ProgressPrinter
 from harness.tuning.space import load_space
 from harness.tuning.trial import TrialContext, final_fit, run_trial
@@ -69,6 +69,10 @@ class SweepOptions:
     dataset_file: Path | None = None
     target: str | None = None
     formula_column: str = "formula"
+    storage: str | None = None  # Ray storage_path; shared (NFS/S3/GCS) on multi-node clusters
+    max_failures: int = 3  # retries of a trial whose worker or node died
+    concurrent_searches: int = 1  # searches (model x dataset x split) running side by side
+    max_concurrent_trials: int | None = None  # per search; None = as many as the cluster fits
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -147,9 +151,47 @@ def _init_ray(address: str | None) -> bool:
     return True
 
 
-def run_sweep(opts: SweepOptions) -> list[SearchOutcome]:
-    """Run the whole sweep; returns one outcome per (dataset, model, split)."""
+# ----------------------------------------------------------------------------- sweep state
+# A sweep is resumable: sweep.json holds its id and options; searches/<name>.json holds each
+# search's parent run, its stage (searching -> searched -> done), the chosen configuration
+# and the final runs' ids. `--resume` replays the same plan and skips what is done.
+
+def _state_path(workdir: Path, search_name: str) -> Path:
+    return workdir / "searches" / f"{search_name}.json"
+
+
+def _load_state(workdir: Path, search_name: str) -> dict[str, Any]:
+    path = _state_path(workdir, search_name)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_state(workdir: Path, search_name: str, state: dict[str, Any]) -> None:
+    path = _state_path(workdir, search_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(path, state)
+
+
+def _options_to_json(opts: SweepOptions) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+
+
+def load_sweep(workdir: Path) -> tuple[SweepOptions, str]:
+    """Options and id of the sweep in ``workdir`` (for --resume and status)."""
+    path = Path(workdir) / "sweep.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a sweep directory")
+    saved = json.loads(path.read_text())
+    options = dict(saved["options"])
+    for key in ("workdir", "space_dir", "dataset_file"):
+        if options.get(key) is not None:
+            options[key] = Path(options[key])
+    return SweepOptions(**options), saved["sweep_id"]
+
+
+def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
+    """Run the whole sweep (or continue it with ``resume``); one outcome per search."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one line per run, else
     # Checkpoints come at ASHA rungs (1, 2, 4, …), so early epochs checkpoint often by design.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import optuna
@@ -158,20 +200,29 @@ def run_sweep(opts: SweepOptions) -> list[SearchOutcome]:
     from harness.featurize import featurize
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
     workdir = Path(opts.workdir).resolve()
+    if resume:
+        saved_opts, sweep_id = load_sweep(workdir)
+        # The plan is the saved one; only where it runs may change (cluster, store, storage).
+        opts = _replace_opts(saved_opts, workdir=workdir, address=opts.address or saved_opts.address,
+                             mlflow_uri=opts.mlflow_uri or saved_opts.mlflow_uri)
+    else:
+        # A workdir may hold several sweeps (one MLflow store); sweep.json names the latest,
+        # which is the one --resume continues.
+        sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     workdir.mkdir(parents=True, exist_ok=True)
     tracking_uri = opts.mlflow_uri or tracking.default_tracking_uri(workdir)
     experiment_id = tracking.prepare_store(tracking_uri, workdir, opts.experiment)
-    sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     _write_json(workdir / "sweep.json", {
         "sweep_id": sweep_id, "tracking_uri": tracking_uri, "experiment_id": experiment_id,
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        "options": _options_to_json(opts),
     })
-    console.print(f"sweep [bold]{sweep_id}[/] · workdir {workdir} · MLflow {tracking_uri}")
+    console.print(f"sweep [bold]{sweep_id}[/]{' (resumed)' if resume else ''} · workdir {workdir} · MLflow {tracking_uri}")
 
     datasets = load_datasets(opts)
+    _optuna_storage(workdir)
     started_ray = _init_ray(opts.address)
+    jobs: list[tuple] = []
     outcomes: list[SearchOutcome] = []
     try:
         for dataset in datasets:
@@ -187,23 +238,51 @@ def run_sweep(opts: SweepOptions) -> list[SearchOutcome]:
                 spec = get_model(model)
                 if spec.input_kind not in features_by_kind:
                     start = time.time()
-                    features_by_kind[spec.input_kind] = featurize(spec.input_kind, dataset)
+                    features = featurize(spec.input_kind, dataset)
+                    # Put once into the object store; every trial and final fit reads it there.
+                    features_by_kind[spec.input_kind] = ray.put(features)
                     console.print(
                         f"featurized {dataset.name} as {spec.input_kind} in {time.time() - start:.1f} s"
                     )
-                features_ref = ray.put(features_by_kind[spec.input_kind])
                 for split in selected_splits(dataset, opts.folds):
-                    outcomes.append(
-                        _search_and_evaluate(
-                            opts, sweep_id, workdir, tracking_uri, experiment_id,
-                            dataset, model, split, features_ref,
-                        )
-                    )
+                    jobs.append((dataset, model, split, features_by_kind[spec.input_kind]))
+        run = lambda job: _search_and_evaluate(  # noqa: E731
+            opts, sweep_id, workdir, tracking_uri, experiment_id, *job
+        )
+        if opts.concurrent_searches > 1 and len(jobs) > 1:
+            # Tuners in threads share the cluster: trials of different models and datasets
+            # run side by side, each search keeping its own searcher and ASHA brackets.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=opts.concurrent_searches) as pool:
+                outcomes.extend(pool.map(run, jobs))
+        else:
+            outcomes.extend(run(job) for job in jobs)
     finally:
         if started_ray:
             ray.shutdown()
     print_summary(outcomes)
     return outcomes
+
+
+_OPTUNA_STORAGES: dict[str, Any] = {}
+
+
+def _optuna_storage(workdir: Path):
+    """One Optuna RDB storage per workdir, created in the driver before searches start:
+    concurrent first use of a fresh sqlite file races on its schema migration."""
+    import optuna
+
+    url = f"sqlite:///{workdir / 'optuna.db'}"
+    if url not in _OPTUNA_STORAGES:
+        _OPTUNA_STORAGES[url] = optuna.storages.RDBStorage(url)
+    return _OPTUNA_STORAGES[url]
+
+
+def _replace_opts(opts: SweepOptions, **changes: Any) -> SweepOptions:
+    from dataclasses import replace
+
+    return replace(opts, **changes)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -248,32 +327,35 @@ def _search_and_evaluate(
     split: Split,
     features_ref,
 ) -> SearchOutcome:
-    import optuna
-    import ray
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    spec = get_model(model)
     label = f"{model}/{dataset.name}/{split.name}"
     search_name = _safe(f"{sweep_id}__{model}__{dataset.name}__{split.name}")
     outcome = SearchOutcome(dataset.name, model, split.name)
     client = MlflowClient(tracking_uri)
     tags = _base_tags(opts, sweep_id, dataset, model, split)
-    parent = client.create_run(
-        experiment_id, tags={**tags, "stage": "search", "mlflow.runName": label}
-    )
-    outcome.parent_run_id = parent.info.run_id
-    client.log_batch(parent.info.run_id, params=[
-        Param(k, v) for k, v in tracking.flatten("", {
-            "num_samples": opts.num_samples, "max_epochs": opts.max_epochs,
-            "final_seeds": opts.final_seeds, "sampler": opts.sampler, "seed": opts.seed,
-            "grace_period": opts.grace_period, "reduction_factor": opts.reduction_factor,
-            "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
-            "split_sizes": "/".join(map(str, split.sizes())),
-        }).items()
-    ])
+    state = _load_state(workdir, search_name)
+    if state.get("stage") == "done":
+        console.print(f"{label}: done in an earlier run of this sweep; skipped")
+        return _outcome_from_store(client, state, outcome)
+    if "parent_run_id" not in state:
+        parent = client.create_run(
+            experiment_id, tags={**tags, "stage": "search", "mlflow.runName": label}
+        )
+        state.update({"parent_run_id": parent.info.run_id, "stage": "searching", "label": label})
+        _save_state(workdir, search_name, state)
+        client.log_batch(parent.info.run_id, params=[
+            Param(k, v) for k, v in tracking.flatten("", {
+                "num_samples": opts.num_samples, "max_epochs": opts.max_epochs,
+                "final_seeds": opts.final_seeds, "sampler": opts.sampler, "seed": opts.seed,
+                "grace_period": opts.grace_period, "reduction_factor": opts.reduction_factor,
+                "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
+                "split_sizes": "/".join(map(str, split.sizes())),
+            }).items()
+        ])
+    parent_run_id = state["parent_run_id"]
+    outcome.parent_run_id = parent_run_id
 
     context = TrialContext(
         model=model,
@@ -286,10 +368,67 @@ def _search_and_evaluate(
         num_threads=max(1, int(opts.cpus_per_trial)),
         rungs=_asha_rungs(opts.grace_period, opts.reduction_factor, opts.max_epochs),
     )
-    storage = optuna.storages.RDBStorage(f"sqlite:///{workdir / 'optuna.db'}")
+    if state["stage"] == "searching":
+        results = _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label,
+                              parent_run_id, tags, model, context)
+        states = _reconcile_trial_runs(client, workdir, search_name, results)
+        best_params, best_value = _tally(results, states, outcome)
+        client.log_batch(parent_run_id, metrics=[
+            m for m in [
+                _metric("trials_completed", outcome.completed), _metric("trials_pruned", outcome.pruned),
+                _metric("trials_failed", outcome.failed), _metric("best_val_mae", best_value),
+            ] if m is not None
+        ])
+        if best_params is None:
+            outcome.note = "no trial completed; nothing to evaluate"
+            client.set_tag(parent_run_id, "final_status", outcome.note)
+            client.set_terminated(parent_run_id, "FAILED")
+            state.update({"stage": "done", "note": outcome.note})
+            _save_state(workdir, search_name, state)
+            console.print(f"[red]{label}: {outcome.note}[/]")
+            return outcome
+        client.log_text(parent_run_id, json.dumps(best_params, indent=1, sort_keys=True), "best_params.json")
+        state.update({"stage": "searched", "best_params": best_params, "best_val_mae": best_value,
+                      "trials": {"completed": outcome.completed, "pruned": outcome.pruned,
+                                 "failed": outcome.failed}})
+        _save_state(workdir, search_name, state)
+    else:
+        outcome.completed, outcome.pruned, outcome.failed = (
+            state["trials"][k] for k in ("completed", "pruned", "failed")
+        )
+    outcome.best_val_mae = state["best_val_mae"]
+    _final_evaluation(opts, client, experiment_id, workdir, search_name, state, tags, dataset,
+                      split, context, outcome, label)
+    client.set_terminated(parent_run_id, "FINISHED")
+    state["stage"] = "done"
+    _save_state(workdir, search_name, state)
+    return outcome
+
+
+def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, parent_run_id,
+                tags, model, context):
+    """Fit (or, if its experiment directory exists, restore and finish) one Tune search."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    spec = get_model(model)
+    storage_root = opts.storage or str(workdir / "ray_results")
+    experiment_path = f"{storage_root.rstrip('/')}/{search_name}"
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial_entry, context=context),
+        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
+    )
+    space = load_space(spec, opts.space_dir)
+    if tune.Tuner.can_restore(experiment_path):
+        # Our own experiment directory (trusted): Ray restores its pickled state, the
+        # searcher (same Optuna study) and the callbacks (same trial -> run mapping).
+        console.print(f"{label}: resuming the Tune experiment at {experiment_path}")
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True,
+                                   resume_errored=True, param_space=space)
+        return tuner.fit()
     searcher = TruthfulOptunaSearch(
         sampler=make_sampler(opts.sampler, opts.seed),
-        storage=storage,
+        storage=_optuna_storage(workdir),
         study_name=search_name,
         seed=opts.seed,
     )
@@ -299,63 +438,107 @@ def _search_and_evaluate(
         grace_period=min(opts.grace_period, opts.max_epochs),
         reduction_factor=opts.reduction_factor,
     )
+    mapping_file = workdir / "trial_runs" / f"{search_name}.json"
+    mapping_file.parent.mkdir(exist_ok=True)
     logger = tracking.TrialRunLogger(
-        tracking_uri, experiment_id, parent.info.run_id, tags,
-        mapping_file=workdir / "trial_runs" / f"{search_name}.json",
-        finished_key=FINISHED_KEY,
+        tracking_uri, experiment_id, parent_run_id, tags, mapping_file=mapping_file,
+        finished_key=FINISHED_KEY, error_key=ERROR_KEY,
     )
-    logger.mapping_file.parent.mkdir(exist_ok=True)
-    progress = ProgressPrinter(label, opts.num_samples, METRIC, console)
-    resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_trial_entry, context=context), resources),
-        param_space=load_space(spec, opts.space_dir),
+        trainable,
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="min", search_alg=searcher, scheduler=scheduler,
             num_samples=opts.num_samples,
+            # Also how many trials Tune asks the cluster for at once: without it Tune keeps
+            # one trial pending at a time for a custom searcher, and short trials never overlap.
+            max_concurrent_trials=opts.max_concurrent_trials or _trial_slots(opts),
         ),
         run_config=tune.RunConfig(
             name=search_name,
-            storage_path=str(workdir / "ray_results"),
-            callbacks=[logger, progress],
+            storage_path=storage_root,
+            callbacks=[logger, ProgressPrinter(label, opts.num_samples, METRIC, console)],
             verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
+            # Retries cover lost nodes and killed workers; a trial's own failure (NaN loss,
+            # OOM) is reported as a result by the trainable and never retried.
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
-    results = tuner.fit()
+    return tuner.fit()
 
+
+def _trial_slots(opts: SweepOptions) -> int:
+    """How many trials of this size the cluster holds at once (at least 1)."""
+    import ray
+
+    total = ray.cluster_resources()
+    slots = total.get("CPU", 1.0) / opts.cpus_per_trial
+    if opts.gpus_per_trial > 0:
+        slots = min(slots, total.get("GPU", 0.0) / opts.gpus_per_trial)
+    return max(1, int(slots + 1e-9))
+
+
+def _tally(results, states: dict[str, str], outcome: SearchOutcome) -> tuple[dict | None, float]:
+    """Count trial outcomes (MLflow's recorded state wins, see ``_reconcile_trial_runs``);
+    return the best completed configuration and its value."""
     best_params, best_value = None, math.inf
     for result in results:
         last = result.metrics or {}
-        if result.error is not None:
-            outcome.failed += 1
-        elif last.get(FINISHED_KEY):
-            outcome.completed += 1
+        state = states.get(last.get("trial_id", ""), _ray_state(result))
+        setattr(outcome, state, getattr(outcome, state) + 1)
+        if state == "completed":
             value = last.get(METRIC, math.nan)
             if value < best_value:
                 best_value, best_params = value, result.config
-        else:
-            outcome.pruned += 1
-    outcome.best_val_mae = best_value if best_params is not None else math.nan
-    client.log_batch(parent.info.run_id, metrics=[
-        m for m in [
-            _metric("trials_completed", outcome.completed), _metric("trials_pruned", outcome.pruned),
-            _metric("trials_failed", outcome.failed), _metric("best_val_mae", outcome.best_val_mae),
-        ] if m is not None
-    ])
-    if best_params is None:
-        outcome.note = "no trial completed; nothing to evaluate"
-        client.set_tag(parent.info.run_id, "final_status", outcome.note)
-        client.set_terminated(parent.info.run_id, "FAILED")
-        console.print(f"[red]{label}: {outcome.note}[/]")
-        return outcome
+    if best_params is not None:
+        best_params = {k: best_params[k] for k in ("model_params", "train_params") if k in best_params}
+    return best_params, (best_value if best_params is not None else math.nan)
 
-    best_params = {k: best_params[k] for k in ("model_params", "train_params") if k in best_params}
-    client.log_text(parent.info.run_id, json.dumps(best_params, indent=1, sort_keys=True), "best_params.json")
-    _final_evaluation(opts, client, experiment_id, parent.info.run_id, tags, dataset, split,
-                      context, best_params, outcome, label)
-    client.set_terminated(parent.info.run_id, "FINISHED")
+
+def _ray_state(result) -> str:
+    last = result.metrics or {}
+    if result.error is not None or ERROR_KEY in last:
+        return "failed"
+    return "completed" if last.get(FINISHED_KEY) else "pruned"
+
+
+def _reconcile_trial_runs(client, workdir: Path, search_name: str, results) -> dict[str, str]:
+    """Every trial's final state, as MLflow records it; no trial run stays RUNNING.
+
+    A driver killed between Tune finishing a trial and the callback closing its run leaves a
+    RUNNING run: it is closed here from Tune's final state. A run already closed keeps the
+    state it recorded (a replay after a resume does not rewrite history).
+    """
+    mapping_file = workdir / "trial_runs" / f"{search_name}.json"
+    runs = json.loads(mapping_file.read_text()) if mapping_file.exists() else {}
+    states: dict[str, str] = {}
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id", "")
+        run_id = runs.get(trial_id)
+        if not run_id:
+            continue
+        run = client.get_run(run_id)
+        if run.info.status == "RUNNING":
+            state = _ray_state(result)
+            client.set_tag(run_id, "trial_state", state)
+            client.set_terminated(run_id, "FAILED" if state == "failed" else "FINISHED")
+        else:
+            state = run.data.tags.get("trial_state", _ray_state(result))
+        states[trial_id] = state
+    return states
+
+
+def _outcome_from_store(client, state: dict, outcome: SearchOutcome) -> SearchOutcome:
+    trials = state.get("trials", {})
+    outcome.completed, outcome.pruned, outcome.failed = (trials.get(k, 0) for k in ("completed", "pruned", "failed"))
+    outcome.best_val_mae = state.get("best_val_mae", math.nan)
+    outcome.parent_run_id = state.get("parent_run_id", "")
+    outcome.note = state.get("note", "")
+    for run_id in state.get("final_runs", {}).values():
+        run = client.get_run(run_id)
+        if "test_mae" in run.data.metrics:
+            outcome.test_mae.append(run.data.metrics["test_mae"])
     return outcome
 
 
@@ -395,26 +578,47 @@ def _metric(key: str, value: float):
 
 
 def _final_evaluation(
-    opts: SweepOptions, client, experiment_id: str, parent_run_id: str, tags: dict[str, str],
-    dataset: Dataset, split: Split, context: TrialContext, params: dict[str, Any],
-    outcome: SearchOutcome, label: str,
+    opts: SweepOptions, client, experiment_id: str, workdir: Path, search_name: str,
+    state: dict[str, Any], tags: dict[str, str], dataset: Dataset, split: Split,
+    context: TrialContext, outcome: SearchOutcome, label: str,
 ) -> None:
+    """K final fits of the chosen configuration; each logged to its own ``stage=final`` run.
+
+    Run ids are saved before the fits start, so a resumed sweep fills the same runs; fits
+    whose run already finished with a test MAE are not repeated.
+    """
     import ray
     from mlflow.entities import Param
 
+    params = state["best_params"]
     seeds = [opts.seed + k for k in range(opts.final_seeds)]
-    console.print(f"{label}: final fits with seeds {seeds} on {len(split.train)} training rows")
-    task = ray.remote(num_cpus=opts.cpus_per_trial, num_gpus=opts.gpus_per_trial)(_final_task)
-    refs = {seed: task.remote(context, params, seed) for seed in seeds}
+    final_runs: dict[str, str] = state.setdefault("final_runs", {})
+    for seed in seeds:
+        if str(seed) not in final_runs:
+            run = client.create_run(experiment_id, tags={
+                **tags, "stage": "final", "seed": str(seed), "mlflow.parentRunId": state["parent_run_id"],
+                "mlflow.runName": f"{label}/final-seed{seed}",
+            })
+            client.log_batch(run.info.run_id, params=[
+                Param(k, v) for k, v in tracking.flatten("", {**params, "final_seed": seed}).items()
+            ])
+            final_runs[str(seed)] = run.info.run_id
+    _save_state(workdir, search_name, state)
+    todo = []
+    for seed in seeds:
+        run = client.get_run(final_runs[str(seed)])
+        if run.info.status == "FINISHED" and "test_mae" in run.data.metrics:
+            outcome.test_mae.append(run.data.metrics["test_mae"])
+        else:
+            todo.append(seed)
+    if not todo:
+        return
+    console.print(f"{label}: final fits with seeds {todo} on {len(split.train)} training rows")
+    task = ray.remote(num_cpus=opts.cpus_per_trial, num_gpus=opts.gpus_per_trial,
+                      max_retries=opts.max_failures)(_final_task)
+    refs = {seed: task.remote(context, params, seed) for seed in todo}
     for seed, ref in refs.items():
-        run = client.create_run(experiment_id, tags={
-            **tags, "stage": "final", "seed": str(seed), "mlflow.parentRunId": parent_run_id,
-            "mlflow.runName": f"{label}/final-seed{seed}",
-        })
-        run_id = run.info.run_id
-        client.log_batch(run_id, params=[
-            Param(k, v) for k, v in tracking.flatten("", {**params, "final_seed": seed}).items()
-        ])
+        run_id = final_runs[str(seed)]
         try:
             out = ray.get(ref)
         except Exception as exc:  # one failed fit must not lose the others

@@ -96,6 +96,7 @@ class TrialRunLogger(tune.Callback):
         tags: dict[str, str],
         mapping_file: Path,
         finished_key: str,
+        error_key: str = "trial_error",
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -103,10 +104,17 @@ class TrialRunLogger(tune.Callback):
         self.tags = tags
         self.mapping_file = Path(mapping_file)
         self.finished_key = finished_key
+        self.error_key = error_key
+        self._load_state()
+
+    def _load_state(self) -> None:
         self.runs: dict[str, str] = (
             json.loads(self.mapping_file.read_text()) if self.mapping_file.exists() else {}
         )
         self._client: MlflowClient | None = None
+        self._last_step: dict[str, int] = {}  # trial -> last epoch already in MLflow
+        self._nodes: dict[str, list[str]] = {}
+        self._closed: dict[str, bool] = {}  # trial -> its run is already terminated
 
     @property
     def client(self) -> MlflowClient:
@@ -116,6 +124,12 @@ class TrialRunLogger(tune.Callback):
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_client": None}
+
+    def __setstate__(self, state: dict) -> None:
+        # Tuner.restore brings back the callback as it was pickled when the sweep started;
+        # the trial -> run mapping on disk is the current truth.
+        self.__dict__.update(state)
+        self._load_state()
 
     def _save_mapping(self) -> None:
         tmp = self.mapping_file.with_suffix(".tmp")
@@ -143,21 +157,61 @@ class TrialRunLogger(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_id(trial)
 
+    def _logged_until(self, trial_id: str, run_id: str) -> int:
+        """Last epoch of this run already in MLflow (after a restore, epochs since the last
+        checkpoint are trained again; they are not logged twice)."""
+        if trial_id not in self._last_step:
+            history = self.client.get_metric_history(run_id, "val_mae")
+            self._last_step[trial_id] = max((m.step for m in history), default=0)
+        return self._last_step[trial_id]
+
+    def _is_closed(self, trial_id: str, run_id: str) -> bool:
+        """A run already terminated is final. After a driver was killed between closing a run
+        and Ray's next snapshot, Ray may replay that trial; MLflow keeps what it recorded."""
+        if trial_id not in self._closed:
+            self._closed[trial_id] = self.client.get_run(run_id).info.status != "RUNNING"
+        return self._closed[trial_id]
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.run_id(trial)
+        if self._is_closed(trial.trial_id, run_id):
+            return
+        node = result.get("node_id")
+        nodes = self._nodes.setdefault(trial.trial_id, [])
+        if isinstance(node, str) and node not in nodes:
+            nodes.append(node)
+            self.client.set_tag(run_id, "node_ids", ",".join(nodes))
+        if self.error_key in result:
+            return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self._logged_until(trial.trial_id, run_id):
+            return
         metrics = numeric_metrics(result)
         if metrics:
-            log_metrics(self.client, self.run_id(trial), metrics, step)
+            log_metrics(self.client, run_id, metrics, step)
+            self._last_step[trial.trial_id] = step
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
+        if self._is_closed(trial.trial_id, run_id):
+            return
+        self._closed[trial.trial_id] = True
         last = trial.last_result or {}
+        if self.error_key in last:
+            self.client.log_batch(run_id, tags=[
+                RunTag("trial_state", "failed"), RunTag("error", str(last[self.error_key])[:5000]),
+            ])
+            self.client.set_terminated(run_id, "FAILED")
+            return
         state = "completed" if last.get(self.finished_key) else "pruned"
         self.client.set_tag(run_id, "trial_state", state)
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
+        if self._is_closed(trial.trial_id, run_id):
+            return
+        self._closed[trial.trial_id] = True
         reason = _error_text(trial)
         self.client.log_batch(
             run_id,

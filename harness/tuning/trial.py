@@ -18,7 +18,35 @@ import numpy as np
 from harness.data.dataset import Split
 from harness.models import get_model
 from harness.training.config import TrainConfig
-from harness.tuning.optuna_search import FINISHED_KEY
+from harness.tuning.optuna_search import ERROR_KEY, FINISHED_KEY
+
+# Failures that belong to the configuration, not the machine: retrying them elsewhere gives
+# the same result, so the trial ends as failed (with the reason) and the sweep goes on.
+# Anything else (a lost node, a killed worker) is raised to Ray, which retries the trial
+# from its last checkpoint (FailureConfig).
+OWN_FAILURES = (FloatingPointError, MemoryError)
+
+
+def _own_failure(exc: BaseException) -> bool:
+    if isinstance(exc, OWN_FAILURES):
+        return True
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except AttributeError:  # very old torch
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (tests calling run_trial directly)
+        return "local"
 
 
 @dataclass
@@ -82,10 +110,12 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     trainer = Trainer(model, context.features, context.targets, context.split, train_config)
     n_params = n_parameters(model)
 
+    node = _node_id()
+
     def on_epoch(metrics: dict[str, float], trainer) -> None:
         epoch = int(metrics["epoch"])
         last = epoch >= train_config.epochs or bool(getattr(trainer, "will_stop", False))
-        report = {**metrics, "n_params": n_params, "best_val_mae": trainer.best_val_mae}
+        report = {**metrics, "n_params": n_params, "best_val_mae": trainer.best_val_mae, "node_id": node}
         if last:
             report[FINISHED_KEY] = True
         if _should_checkpoint(epoch, last, context):
@@ -96,11 +126,21 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             tune.report(report)
 
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            trainer.fit(on_epoch, resume_from=Path(d))
-    else:
-        trainer.fit(on_epoch)
+    try:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                trainer.fit(on_epoch, resume_from=Path(d))
+        else:
+            trainer.fit(on_epoch)
+    except Exception as exc:
+        if not _own_failure(exc):
+            raise
+        tune.report({
+            "epoch": int(getattr(trainer, "epoch", 0)) + 1,
+            "best_val_mae": float("nan"),
+            "node_id": node,
+            ERROR_KEY: f"{type(exc).__name__}: {exc}"[:2000],
+        })
 
 
 def final_fit(context: TrialContext, params: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -1,0 +1,45 @@
+"""Shared by the structure-model benchmark scripts: machine description and RESULTS.md sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def machine(threads: int) -> str:
+    """One line: CPU, cores, threads used, load average (this machine may be shared), versions."""
+    import torch
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    load = "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (f"{platform.processor() or platform.machine()}, {cpus} CPU(s), {threads} torch thread(s), "
+            f"load average {load} at start; python {platform.python_version()}, torch {torch.__version__}; "
+            f"{time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def write_section(section: str, body: str) -> None:
+    """Replace ``<!-- section:start -->…<!-- section:end -->`` in RESULTS.md (other sections kept)."""
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
+    print(f"updated {RESULTS} ({section})", file=sys.stderr)
+
+
+def load_structures(dataset: str, n: int, seed: int = 0):
+    """A seeded sample of ``n`` rows of a structure dataset of the catalog (all rows if fewer)."""
+    from harness.data import load_dataset
+
+    ds = load_dataset(dataset)
+    return ds.subsample(n, seed=seed) if n < len(ds) else ds

@@ -1,0 +1,117 @@
+"""Training and inference throughput (structures/s) of every crystal-graph model, on CPU.
+
+    python benchmarks/structure_throughput.py [--n 500] [--dataset mp_2018_subset:formation_energy_per_atom]
+                                              [--models crysformer,alignn,cgcnn,schnet,lern] [--threads 0]
+
+For each model, with its paper-default architecture and training recipe (optimizer, learning
+rate, batch size from its registry entry): one training epoch over ``--n`` real structures
+(seeded sample; forward, loss, backward, optimizer step, batches collated by the shared
+featurizer's ``CrystalGraphs.batches``, i.e. what the trainer does), after one warm-up batch;
+then one inference pass (eval mode, no gradients, batch 256). Graphs are built once, before
+timing (``benchmarks/graph_build.py`` measures that). Prints a table and replaces its own
+section of ``benchmarks/RESULTS.md``.
+
+The machine's load average is recorded: on a shared machine the numbers move with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import load_structures, machine, write_section  # noqa: E402
+
+SECTION = "structure_throughput"
+MODELS = "crysformer,alignn,cgcnn,schnet,lern"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=500, help="structures (seeded sample)")
+    ap.add_argument("--dataset", default="mp_2018_subset:formation_energy_per_atom")
+    ap.add_argument("--models", default=MODELS)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = ap.parse_args()
+
+    import torch
+
+    from harness.featurize.graphs import CrystalGraphs, GraphConfig
+    from harness.models import get_model
+    from harness.training.config import TrainConfig
+    from harness.training.losses import compute_loss
+    from harness.training.trainer import build_optimizer, n_parameters, seed_everything
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    header = machine(torch.get_num_threads())
+    ds = load_structures(args.dataset, args.n)
+    structures = ds.frame["structure"].tolist()
+    ids = ds.frame["id"].astype(str).tolist()
+    from harness.featurize.graphs import build_arrays
+
+    config = GraphConfig(k=12, line_graph=True, site_env=True)  # every field any model reads
+    features = CrystalGraphs(build_arrays(structures, ids, config), config)
+    n = len(features)
+    rows_idx = np.arange(n)
+    y = np.random.default_rng(0).normal(size=n)  # targets do not change the cost
+    n_atoms = int(features.tensors["n_atoms"].sum())
+    n_edges = int(features.tensors["n_edges"].sum())
+
+    rows = []
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        spec = get_model(name)
+        seed_everything(0)
+        model = spec.build(spec.make_config(), features.info)
+        recipe = TrainConfig.from_dict({**spec.train_defaults, "epochs": 1})
+        batch_size = recipe.batch_size or 64
+        optimizer = build_optimizer(recipe, [p for p in model.parameters() if p.requires_grad])
+        generator = torch.Generator().manual_seed(0)
+
+        def step(batch) -> None:
+            output = model(batch)
+            loss = compute_loss(recipe.loss, output, batch.y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        model.train()
+        step(next(features.batches(rows_idx[:batch_size], y[:batch_size], batch_size)))  # warm-up
+        start = time.perf_counter()
+        for batch in features.batches(rows_idx, y, batch_size, shuffle=True, generator=generator):
+            if len(batch) > 1:
+                step(batch)
+        train_s = time.perf_counter() - start
+
+        model.eval()
+        start = time.perf_counter()
+        with torch.no_grad():
+            for batch in features.batches(rows_idx, y, 256):
+                model(batch)
+        infer_s = time.perf_counter() - start
+        rows.append((spec.label, n_parameters(model), batch_size, train_s, n / train_s, infer_s, n / infer_s))
+        print(f"{name}: train {train_s:.1f} s ({n / train_s:.1f}/s), inference {infer_s:.1f} s ({n / infer_s:.1f}/s)",
+              file=sys.stderr, flush=True)
+
+    table = ["| model | parameters | batch | train epoch (s) | train structures/s | inference (s) | inference structures/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    table += [f"| {label} | {params:,} | {bs} | {tt:.1f} | {tr:.1f} | {it:.1f} | {ir:.1f} |"
+              for label, params, bs, tt, tr, it, ir in rows]
+    body = "\n".join([
+        "## Structure models: training / inference throughput (`benchmarks/structure_throughput.py`)", "",
+        f"{n} {args.dataset} structures (seed 0), {n_atoms:,} atoms, {n_edges:,} edges (k = 12, ties kept); "
+        f"paper-default architectures and each model's recipe batch size and optimizer; one epoch after one "
+        f"warm-up batch, batches collated by `CrystalGraphs.batches` (included); inference batch 256, eval mode. "
+        f"CPU: {header}", "", *table, ""])
+    print(body)
+    if not args.no_write:
+        write_section(SECTION, body)
+
+
+if __name__ == "__main__":
+    main()

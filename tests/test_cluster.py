@@ -1,0 +1,185 @@
+"""`harness sweep` on a real 2-node Ray cluster with a real MLflow server (all on 127.0.0.1).
+
+The head node (1 CPU) and a worker node (2 CPUs) are separate `ray start` process groups; the
+MLflow tracking server is a separate process. The sweeps run as separate `harness` processes,
+so that the driver can be SIGKILLed and resumed. Every process is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.cluster_utils import (
+    harness,
+    start_head,
+    start_mlflow_server,
+    start_worker,
+    wait_for_nodes,
+)
+
+SPACES = str(Path(__file__).parent / "spaces")
+DATASET = "steels_yield"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    procs = []
+    try:
+        head, address = start_head(tmp_path, num_cpus=1)
+        procs.append(head)
+        worker = start_worker(tmp_path, address, num_cpus=2)
+        procs.append(worker)
+        server, uri = start_mlflow_server(tmp_path)
+        procs.append(server)
+        nodes = wait_for_nodes(address, 2)
+        yield {"address": address, "uri": uri, "worker": worker, "nodes": nodes, "tmp": tmp_path}
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def _sweep_args(cluster, workdir: Path, *extra: str) -> list[str]:
+    return ["sweep", "--address", cluster["address"], "--mlflow-uri", cluster["uri"],
+            "--workdir", str(workdir), "--datasets", DATASET, "--folds", "0", "--subsample", "150",
+            "--search-spaces", SPACES, "--cpus-per-trial", "1", *extra]
+
+
+def _runs(uri: str, stage: str | None = None):
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=5000)
+    return [r for r in runs if stage is None or r.data.tags.get("stage") == stage]
+
+
+def _wait(proc, timeout: float) -> int:
+    try:
+        return proc.popen.wait(timeout=timeout)
+    except Exception:
+        proc.stop()
+        raise AssertionError(f"{proc.args} did not finish in {timeout} s; log: {proc.log.read_text()[-3000:]}")
+
+
+def test_trials_of_two_models_run_concurrently_on_both_nodes(cluster):
+    workdir = cluster["tmp"] / "w"
+    proc = harness(_sweep_args(cluster, workdir, "--models", "crabnet,hotcrab", "--num-samples", "3",
+                               "--max-epochs", "3", "--final-seeds", "1",
+                               "--concurrent-searches", "2"), cluster["tmp"], "sweep")
+    assert _wait(proc, 600) == 0, proc.log.read_text()[-3000:]
+    trials = _runs(cluster["uri"], "trial")
+    assert len(trials) == 6 and all(r.info.status == "FINISHED" for r in trials)
+    used = {n for r in trials for n in r.data.tags["node_ids"].split(",")}
+    assert used == {n["id"] for n in cluster["nodes"]}, "trials ran on both nodes"
+    # the two searches overlapped in time
+    spans = {}
+    for r in trials:
+        model = r.data.tags["model"]
+        lo, hi = spans.get(model, (r.info.start_time, r.info.end_time))
+        spans[model] = (min(lo, r.info.start_time), max(hi, r.info.end_time))
+    (a0, a1), (b0, b1) = spans["crabnet"], spans["hotcrab"]
+    assert a0 < b1 and b0 < a1
+    assert len(_runs(cluster["uri"], "final")) == 2
+
+
+def test_sweep_survives_losing_the_worker_node(cluster):
+    workdir = cluster["tmp"] / "w"
+    worker_id = next(n["id"] for n in cluster["nodes"] if n["cpu"] == 2)
+    proc = harness(_sweep_args(cluster, workdir, "--models", "crabnet", "--num-samples", "4",
+                               "--max-epochs", "12", "--grace-period", "12", "--final-seeds", "1"),
+                   cluster["tmp"], "sweep")
+    # wait until a trial on the worker node has reported, then kill that node
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        on_worker = [r for r in _runs(cluster["uri"], "trial")
+                     if worker_id in r.data.tags.get("node_ids", "") and r.info.status == "RUNNING"]
+        if on_worker:
+            break
+        time.sleep(1)
+    assert on_worker, "no trial reached the worker node"
+    cluster["worker"].kill(signal.SIGKILL)
+    assert _wait(proc, 900) == 0, proc.log.read_text()[-3000:]
+    trials = _runs(cluster["uri"], "trial")
+    assert len(trials) == 4, "one MLflow run per trial, also for retried trials"
+    assert all(r.info.status == "FINISHED" for r in trials), [r.info.status for r in trials]
+    assert all(r.data.tags["trial_state"] == "completed" for r in trials)
+    moved = [r for r in trials if "," in r.data.tags["node_ids"]]
+    assert moved, "a trial from the lost node was retried on the other node"
+    for r in moved:  # the retried trial's history is whole, one point per epoch
+        steps = [m.step for m in MlflowClient(cluster["uri"]).get_metric_history(r.info.run_id, "val_mae")]
+        assert sorted(steps) == list(range(1, 13))
+    assert all(r.info.status != "RUNNING" for r in _runs(cluster["uri"]))
+
+
+def test_killed_driver_resumes_with_the_same_runs(cluster):
+    workdir = cluster["tmp"] / "w"
+    proc = harness(_sweep_args(cluster, workdir, "--models", "crabnet", "--num-samples", "5",
+                               "--max-epochs", "8", "--grace-period", "8", "--final-seeds", "1"),
+                   cluster["tmp"], "sweep")
+    deadline = time.time() + 400
+    finished = []
+    while time.time() < deadline:
+        trials = _runs(cluster["uri"], "trial")
+        finished = [r for r in trials if r.info.status == "FINISHED"]
+        if len(finished) >= 2 and len(finished) < 5:
+            break
+        time.sleep(0.5)
+    assert 2 <= len(finished) < 5, "driver should be killed mid-sweep"
+    proc.kill(signal.SIGKILL)
+    before = {r.info.run_id: (r.info.end_time, len(MlflowClient(cluster["uri"]).get_metric_history(r.info.run_id, "val_mae")))
+              for r in finished}
+    parent_before = [r.info.run_id for r in _runs(cluster["uri"], "search")]
+
+    resumed = harness(["sweep", "--resume", str(workdir)], cluster["tmp"], "resume")
+    assert _wait(resumed, 900) == 0, resumed.log.read_text()[-3000:]
+    assert "resuming the Tune experiment" in resumed.log.read_text()
+    trials = _runs(cluster["uri"], "trial")
+    assert len(trials) == 5, "same runs, no duplicates"
+    assert [r.info.run_id for r in _runs(cluster["uri"], "search")] == parent_before
+    client = MlflowClient(cluster["uri"])
+    for r in trials:
+        assert r.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_mae")]
+        assert len(steps) == len(set(steps)), "no epoch logged twice"
+        if r.info.run_id in before:  # finished before the kill: not run again
+            assert (r.info.end_time, len(steps)) == before[r.info.run_id]
+    finals = _runs(cluster["uri"], "final")
+    assert len(finals) == 1 and "test_mae" in finals[0].data.metrics
+    state = json.loads(next((workdir / "searches").glob("*.json")).read_text())
+    assert state["stage"] == "done"
+
+
+def test_sixteen_concurrent_trials_lose_no_metric_point(cluster):
+    workdir = cluster["tmp"] / "w"
+    proc = harness(_sweep_args(cluster, workdir, "--models", "crabnet", "--num-samples", "16",
+                               "--max-epochs", "15", "--grace-period", "15", "--final-seeds", "1",
+                               "--cpus-per-trial", "0.15"), cluster["tmp"], "sweep")
+    assert _wait(proc, 900) == 0, proc.log.read_text()[-3000:]
+    client = MlflowClient(cluster["uri"])
+    trials = _runs(cluster["uri"], "trial")
+    assert len(trials) == 16
+    # every result a trial reported (Ray's result.json, one line per report) is in MLflow
+    mapping = {}
+    for f in (workdir / "trial_runs").glob("*.json"):
+        mapping.update(json.loads(f.read_text()))
+    reported = 0
+    for result_file in (workdir / "ray_results").glob("*/*/result.json"):
+        lines = [json.loads(l) for l in result_file.read_text().splitlines() if l.strip()]
+        run_id = mapping[lines[0]["trial_id"]]
+        for key in ("val_mae", "train_loss", "val_r2"):
+            history = client.get_metric_history(run_id, key)
+            assert sorted(m.step for m in history) == [int(l["epoch"]) for l in lines]
+        reported += len(lines)
+    assert reported == 16 * 15
+    # and they overlapped: at some moment many trials were running at once
+    events = sorted([(r.info.start_time, 1) for r in trials] + [(r.info.end_time, -1) for r in trials])
+    running, peak = 0, 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak >= 8, f"at most {peak} trials ran at once"

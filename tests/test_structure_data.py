@@ -1,0 +1,352 @@
+"""Structure datasets and structure featurization, on real structures.
+
+Real data: ``data_dir()/structures`` (mp_elasticity, mp_2018_subset, matbench_phonons) and the
+PyPI sdist matminer==0.4.1 (flla_2015, elastic_tensor_2015; skipped when it cannot be fetched).
+Parsed structures are cached in the user's cache (the first run parses ~10k structures, later
+runs read JSON); featurization cache tests use a temporary cache.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+from torch_geometric.data import Batch
+
+from harness import paths
+from harness.data import CATALOG, SUITES, DataError, count_rows, load_custom_structures, load_dataset, resolve_datasets
+from harness.data import structures as st
+from harness.data.dataset import Dataset, Split
+from harness.data.matbench import read_official_test_ids
+from harness.featurize import FEATURIZERS, featurize
+from harness.featurize import graphs as gr
+from harness.featurize.graph_types import GraphBatch
+from harness.featurize.local_env import coordination_numbers
+
+DATA = paths.data_dir()
+needs_structures = pytest.mark.skipif(
+    DATA is None or not (DATA / "structures" / "mp_elasticity.csv.gz").is_file(),
+    reason="shared structure data (../shared/data/structures or HARNESS_DATA_DIR) absent")
+
+
+@pytest.fixture(scope="module")
+def elastic():
+    if DATA is None or not (DATA / "structures" / "mp_elasticity.csv.gz").is_file():
+        pytest.skip("shared structure data absent")
+    return load_dataset("mp_elasticity:K_VRH")
+
+
+@pytest.fixture(scope="module")
+def sdist():
+    try:
+        return st.sdist_path()
+    except DataError as exc:
+        pytest.skip(f"matminer==0.4.1 sdist unavailable: {exc}")
+
+
+def small(elastic, n=40, max_sites=12):
+    """The first ``n`` real structures with at most ``max_sites`` atoms (ids, structures)."""
+    f = elastic.frame[[len(s) <= max_sites for s in elastic.frame["structure"]]].head(n)
+    return f["id"].tolist(), f["structure"].tolist()
+
+
+def rows_dataset(ids, structures, name="subset"):
+    frame = pd.DataFrame({"id": ids, "formula": [s.composition.formula.replace(" ", "") for s in structures],
+                          "target": np.arange(len(ids), dtype=float), "structure": structures})
+    idx = np.arange(len(ids))
+    return Dataset(name, "test", "t", "", frame, [Split("fixed", idx, idx, idx)], sha256=f"{name}-{len(ids)}")
+
+
+# ---------------------------------------------------------------- catalog + loaders
+
+
+def test_catalog_names_and_suites():
+    assert resolve_datasets("mp_2018_subset") == ["mp_2018_subset:formation_energy_per_atom", "mp_2018_subset:band_gap"]
+    assert resolve_datasets("mp_elasticity") == ["mp_elasticity:K_VRH", "mp_elasticity:G_VRH"]
+    assert resolve_datasets("structures") == [
+        "mp_2018_subset:formation_energy_per_atom", "mp_2018_subset:band_gap", "mp_elasticity:K_VRH",
+        "mp_elasticity:G_VRH", "flla_2015:formation_energy_per_atom", "elastic_tensor_2015:K_VRH",
+        "elastic_tensor_2015:G_VRH", "matbench_phonons"]
+    assert "jarvis_dft_3d:formation_energy_peratom" in SUITES["jarvis"]
+    assert all(CATALOG[n].kind == "structure" for n in SUITES["structures"] + SUITES["jarvis"] if n != "matbench_phonons")
+    assert (CATALOG["mp_2018_subset:band_gap"].unit, CATALOG["mp_elasticity:G_VRH"].unit) == ("eV", "GPa")
+    assert {"crystal_graph", "crystal_graph_lern", "magpie_structure"} <= set(FEATURIZERS)
+
+
+@needs_structures
+def test_mp_2018_subset_row_count():
+    assert count_rows("mp_2018_subset:band_gap") == 36737  # CIFs span lines: counted by the CSV parser
+
+
+def test_mp_elasticity(elastic):
+    ds = elastic
+    assert len(ds) == 3191 and list(ds.frame.columns) == ["id", "formula", "target", "structure"]
+    assert ds.frame["id"].is_unique and np.isfinite(ds.targets).all() and ds.dropped == 0
+    assert all(isinstance(s, Structure) for s in ds.frame["structure"])
+    split = ds.split("random")
+    assert split.sizes() == (2553, 319, 319) and ds.notes["split_seed"] == 0
+    assert len(np.unique(np.concatenate([split.train, split.val, split.test]))) == 3191
+    first = ds.frame.iloc[0]
+    assert first["structure"].composition.reduced_formula == "Hf2S" and first["formula"] == "Hf4S2"
+    g = load_dataset("mp_elasticity:G_VRH")  # same rows, same split, same cached structures
+    assert g.sha256 == ds.sha256 and np.array_equal(g.split("random").test, split.test)
+    assert not np.allclose(g.targets, ds.targets)
+
+
+@needs_structures
+def test_matbench_phonons_carries_structures_and_official_folds():
+    ds = load_dataset("matbench_phonons")
+    assert len(ds) == 1265 and {"formula", "structure"} <= set(ds.frame.columns)
+    official = read_official_test_ids("matbench_phonons", DATA / "matbench_v0.1" / "folds.json.gz")
+    ids = ds.frame["id"].to_numpy()
+    assert [sorted(ids[s.test]) for s in ds.splits] == [sorted(t) for t in official]
+    from pymatgen.core import Composition
+
+    same = [Composition(f).reduced_composition == s.composition.reduced_composition
+            for f, s in zip(ds.frame["formula"], ds.frame["structure"])]
+    assert all(same)  # composition models and structure models read the same materials
+
+
+def test_matminer_sdist_sets(sdist):
+    flla = load_dataset("flla_2015:formation_energy_per_atom")
+    assert len(flla) == 3938 and flla.frame["structure"].map(len).sum() > 3938
+    assert flla.notes["format"] == "literal"  # ast.literal_eval, never eval
+    et = load_dataset("elastic_tensor_2015:K_VRH")
+    assert len(et) == 1181 and et.split("random").sizes() == (945, 118, 118)
+    assert st._sha256_file(sdist) == st.SDIST_SHA256
+
+
+# ---------------------------------------------------------------- bad structures
+
+
+def write_csv(path, rows):
+    pd.DataFrame(rows, columns=["id", "cif", "target"]).to_csv(path, index=False)
+    return path
+
+
+def test_bad_structures_named_or_dropped(elastic, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    ids, structs = small(elastic, 6)
+    good = [(i, s.to(fmt="cif"), 1.0) for i, s in zip(ids, structs)]
+    overlap = structs[0].copy()
+    overlap.append("O", overlap[0].coords + [0.3, 0, 0], coords_are_cartesian=True)
+    isolated = Structure(Lattice.cubic(20.0), ["Ar"], [[0, 0, 0]])  # nearest image 20 Å away
+    bad = [("bad-cif", "data_x\n_cell_length_a 3\nthis is no cif", 1.0),
+           ("too-close", overlap.to(fmt="cif"), 2.0), ("alone", isolated.to(fmt="cif"), 3.0)]
+    path = write_csv(tmp_path / "mine.csv", good + bad)
+    with pytest.raises(DataError) as err:
+        load_custom_structures(path, "target", structure_col="cif", id_col="id")
+    msg = str(err.value)
+    assert "mine.csv" in msg and "3 invalid row(s)" in msg
+    assert "'bad-cif'" in msg and "does not parse" in msg
+    assert "'too-close'" in msg and "overlapping atoms" in msg and "0.300 Å" in msg
+    assert "'alone'" in msg and "isolated atom" in msg
+    ds = load_custom_structures(path, "target", structure_col="cif", id_col="id", drop_invalid=True)
+    assert ds.dropped == 3 and ds.frame["id"].tolist() == ids and len(ds.split("random").train) >= 4
+    # a smaller cutoff makes ordinary structures "isolated"; radius graphs name the entry
+    with pytest.raises(DataError, match="isolated atom"):
+        load_custom_structures(path, "target", structure_col="cif", id_col="id", drop_invalid=False, cutoff=1.0)
+    with pytest.raises(DataError, match=rf"id '{ids[0]}'.*no neighbour within the 1.0 Å cutoff"):
+        gr.CrystalGraphs.from_dataset(rows_dataset(ids, structs), gr.GraphConfig(mode="radius", cutoff=1.0))
+    with pytest.raises(DataError, match="isolated atom"):
+        gr.build_crystal_graph(isolated, mode="radius", cutoff=8.0)
+
+
+def test_custom_formats_autodetected(elastic, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    ids, structs = small(elastic, 6)
+    values = [structs[0].to(fmt="cif"), structs[1].to(fmt="poscar"), json.dumps(structs[2].as_dict()),
+              str(structs[3].as_dict()), structs[4].to(fmt="cif"), structs[5].to(fmt="poscar")]
+    rec = [{"id": i, "structure": v, "y": float(k)} for k, (i, v) in enumerate(zip(ids, values))]
+    path = tmp_path / "mixed.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(rec).encode()))
+    ds = load_custom_structures(path, "y", id_col="id")
+    for got, want in zip(ds.frame["structure"], structs):
+        assert got.composition == want.composition and np.allclose(got.lattice.abc, want.lattice.abc, atol=1e-4)
+    assert [st.detect_format(v) for v in values[:4]] == ["cif", "poscar", "json", "literal"]
+
+
+def test_jarvis_layout_from_local_file(elastic, tmp_path, monkeypatch):
+    """jarvis dft_3d's layout: a list of dicts with ``jid``, ``atoms`` and properties ("na" = missing)."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    ids, structs = small(elastic, 8)
+    entries = [{"jid": f"JVASP-{k}", "formation_energy_peratom": ("na" if k == 3 else -0.1 * k),
+                "atoms": {"lattice_mat": s.lattice.matrix.tolist(), "coords": s.frac_coords.tolist(),
+                          "elements": [sp.symbol for sp in s.species], "abc": list(s.lattice.abc),
+                          "angles": list(s.lattice.angles), "cartesian": False, "props": [""] * len(s)}}
+               for k, s in enumerate(structs)]
+    entries[5]["atoms"].update(coords=structs[5].cart_coords.tolist(), cartesian=True)
+    path = tmp_path / "dft_3d_small.json"
+    path.write_text(json.dumps(entries))
+    ds = st.load_structure_dataset("jarvis_dft_3d:formation_energy_peratom", source=path)
+    assert len(ds) == 7 and ds.notes["missing_target"] == 1 and "JVASP-3" not in set(ds.frame["id"])
+    assert ds.unit == "eV/atom" and ds.split("random").sizes() == (5, 1, 1)
+    for jid, s in zip(ds.frame["id"], ds.frame["structure"]):
+        want = structs[int(jid.split("-")[1])]
+        assert s.composition == want.composition
+        assert np.allclose(s.cart_coords, want.cart_coords, atol=1e-6)
+    jarvis = pytest.importorskip("jarvis.core.atoms")
+    ref = jarvis.Atoms.from_dict(entries[0]["atoms"]).pymatgen_converter()
+    assert np.allclose(ref.cart_coords, ds.frame["structure"][0].cart_coords, atol=1e-6)
+
+
+# ---------------------------------------------------------------- graphs on real structures
+
+
+def test_neighbour_counts_and_bond_lengths(elastic):
+    ids, structs = small(elastic, 25)
+    for s in structs:
+        exact = gr.build_crystal_graph(s, ties=False)
+        assert np.bincount(exact.edge_index[1].numpy(), minlength=len(s)).tolist() == [12] * len(s)
+        centre, nbr, images, dist = gr.neighbour_arrays(s)
+        counts = np.bincount(centre, minlength=len(s))
+        assert counts.min() >= 12
+        # an atom has more than 12 edges only when its 13th neighbour ties with its 12th
+        c, _, _, d = s.get_neighbor_list(float(dist.max()) + 1.0)
+        for i in np.flatnonzero(counts > 12):
+            di = np.sort(d[c == i])
+            assert abs(di[12] - di[11]) < gr.TIE_TOL
+        for i, j, im, dd in list(zip(centre, nbr, images, dist))[:: max(1, len(centre) // 40)]:
+            assert s.get_distance(int(i), int(j), jimage=im) == pytest.approx(dd, abs=1e-6)
+        g = gr.build_crystal_graph(s)
+        assert torch.allclose(g.edge_vec.norm(dim=1), g.edge_length, atol=1e-4)
+        assert torch.allclose(g.edge_length, torch.as_tensor(dist, dtype=torch.float32))
+        assert g.angle.min() >= 0 and g.angle.max() <= np.pi + 1e-6
+        deg = np.bincount(centre, minlength=len(s))
+        assert g.lg_edge_index.shape[1] == int((deg * (deg - 1)).sum())
+        a, b = g.lg_edge_index
+        assert (g.edge_index[1][a] == g.edge_index[1][b]).all() and (a != b).all()
+
+
+def test_one_atom_cells_get_their_periodic_images(elastic):
+    ones = {i: s for i, s in zip(elastic.frame["id"], elastic.frame["structure"]) if len(s) == 1}
+    fcc = ones["mp-30"]  # Cu, fcc primitive cell: 12 nearest images, next shell 41 % farther
+    g = gr.build_crystal_graph(fcc)
+    assert g.edge_index.shape[1] == 12 and (g.edge_index == 0).all()
+    assert torch.allclose(g.edge_length, torch.full((12,), fcc.lattice.a), atol=1e-4)
+    bcc = ones["mp-129"]  # Mo, bcc primitive: 8 + 6 within 1.155 × d_nn
+    assert gr.build_crystal_graph(bcc).edge_index.shape[1] == 14  # the whole tied second shell
+    assert gr.build_crystal_graph(bcc, ties=False).edge_index.shape[1] == 12
+
+
+def test_line_graph_batching_offsets(elastic):
+    _, structs = small(elastic, 2)
+    g1, g2 = gr.build_crystal_graph(structs[0]), gr.build_crystal_graph(structs[1])
+    b = Batch.from_data_list([g1, g2])
+    e1, t1 = g1.edge_index.shape[1], g1.lg_edge_index.shape[1]
+    assert torch.equal(b.lg_edge_index[:, :t1], g1.lg_edge_index)
+    assert torch.equal(b.lg_edge_index[:, t1:], g2.lg_edge_index + e1)  # offset by edges, not nodes
+    assert torch.equal(b.edge_index[:, e1:], g2.edge_index + g1.num_nodes)
+
+
+def per_atom_lengths(g):
+    dst, length = g.edge_index[1].numpy(), g.edge_length.numpy()
+    return sorted(tuple(np.round(np.sort(length[dst == i]), 4)) for i in range(g.num_nodes))
+
+
+def per_atom_angles(g):
+    centre = g.edge_index[1][g.lg_edge_index[0]].numpy()
+    return sorted(tuple(np.round(np.sort(g.angle.numpy()[centre == i]), 3)) for i in range(g.num_nodes))
+
+
+def test_supercell_rotation_translation_invariance(elastic):
+    _, structs = small(elastic, 8, max_sites=6)
+    rng = np.random.default_rng(0)
+    for s in structs:
+        g = gr.build_crystal_graph(s)
+        sc = s.copy()
+        sc.make_supercell([2, 1, 1])
+        gs = gr.build_crystal_graph(sc)
+        assert per_atom_lengths(gs) == sorted(per_atom_lengths(g) * 2)  # each atom: same neighbour distances
+        assert per_atom_angles(gs) == sorted(per_atom_angles(g) * 2)  # ties kept: same angles too
+        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        rotated = Structure(Lattice(s.lattice.matrix @ q.T), s.species, s.frac_coords)
+        gr_ = gr.build_crystal_graph(rotated)
+        assert per_atom_lengths(gr_) == per_atom_lengths(g) and per_atom_angles(gr_) == per_atom_angles(g)
+        shifted = s.copy()
+        shifted.translate_sites(list(range(len(s))), rng.uniform(size=3), frac_coords=True, to_unit_cell=True)
+        gt = gr.build_crystal_graph(shifted)
+        assert per_atom_lengths(gt) == per_atom_lengths(g) and per_atom_angles(gt) == per_atom_angles(g)
+
+
+def test_lern_site_environments(elastic):
+    from pymatgen.analysis.local_env import MinimumDistanceNN
+
+    _, structs = small(elastic, 6, max_sites=8)
+    for s in structs:
+        g = gr.build_crystal_graph(s, site_env=True, line=False)
+        env = g.site_env
+        assert env.shape == (len(s), 1, 6, 11) and torch.isfinite(env).all()
+        assert torch.allclose(env[:, 0, 0, 0] * 100, g.z.float())  # column 0 = the site itself
+        assert (env[:, 0, 4, 0] == 0).all() and (env[:, 0, 4, 1:] > 0).all()  # distances, sorted
+        assert (env[:, 0, 4, 1:].diff(dim=1) >= -1e-6).all()
+        cn = coordination_numbers(len(s), g.edge_index[1].numpy(), g.edge_length.numpy().astype(float))
+        ref = [MinimumDistanceNN(tol=0.1).get_cn(s, i) for i in range(len(s))]
+        assert [c for c, r in zip(cn, ref) if r <= 12] == [r for r in ref if r <= 12]
+        assert torch.allclose(env[:, 0, 2, 0] * 12, torch.as_tensor(cn, dtype=torch.float32))
+    # a conventional cell and its primitive cell give the same set of site matrices
+    conv = SpacegroupAnalyzer(structs[0]).get_conventional_standard_structure()
+    prim = SpacegroupAnalyzer(structs[0]).get_primitive_standard_structure()
+    mats = lambda x: sorted(map(tuple, np.round(gr.build_crystal_graph(x, site_env=True).site_env.reshape(len(x), -1).numpy(), 4)))  # noqa: E731
+    assert set(mats(conv)) == set(mats(prim))
+
+
+# ---------------------------------------------------------------- featurizers, cache
+
+
+def test_crystal_graphs_cached_and_batched(elastic, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    ds = elastic.subsample(300, seed=1)
+    start = time.perf_counter()
+    feats = featurize("crystal_graph", ds)
+    cold = time.perf_counter() - start
+    assert len(feats) == 300 and feats.info["k"] == 12 and feats.info["lg"] and feats.info["max_z"] == 100
+    files = list((tmp_path / "features" / "crystal_graph").glob(f"{ds.cache_key}-*.pt"))
+    assert len(files) == 1
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("featurized again despite the cache")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gr, "build_arrays", no_build)
+        start = time.perf_counter()
+        again = featurize("crystal_graph", ds)
+        warm = time.perf_counter() - start
+    print(f"crystal_graph of 300 structures: cold {cold:.2f} s, cached {warm:.3f} s")
+    assert warm < cold
+    idx = ds.split("random").train[:70]
+    y = np.arange(len(idx), dtype=float)
+    batches = list(again.batches(idx, y, batch_size=32))
+    assert [len(b) for b in batches] == [32, 32, 6] and isinstance(batches[0], GraphBatch)
+    one = again.graph(int(idx[33]))
+    b1 = batches[1].graph
+    assert torch.equal(b1.get_example(1).edge_index, one.edge_index) and batches[1].y[1] == 33
+    assert torch.equal(b1.get_example(1).lg_edge_index, one.lg_edge_index)
+    with pytest.raises(TypeError):
+        again.matrix(idx)
+
+    lern = featurize("crystal_graph_lern", ds)
+    g = next(lern.batches(idx[:4], y[:4], 4)).graph
+    assert g.site_env.shape == (g.num_nodes, 1, 6, 11) and lern.info["site_env_shape"] == (1, 6, 11)
+    with pytest.raises(DataError, match="no structures"):
+        featurize("crystal_graph", Dataset("comp", "x", "t", "", ds.frame[["id", "formula", "target"]],
+                                           ds.splits, sha256="c"))
+
+
+def test_magpie_structure_attributes(elastic, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    f = elastic.frame[[len(s) <= 2 for s in elastic.frame["structure"]]].head(4)
+    ds = rows_dataset(f["id"].tolist(), f["structure"].tolist(), name="attrs")
+    feats = featurize("magpie_structure", ds)
+    assert feats.info["n_features"] == 273 == len(feats.info["feature_names"])
+    x = feats.matrix(np.arange(4))
+    assert x.shape == (4, 273) and np.isfinite(x).all()
+    assert feats.info["feature_names"][145] == "minimum CN_VoronoiNN"
+    assert next(feats.batches(np.arange(4), np.zeros(4), 4)).x.shape == (4, 273)
