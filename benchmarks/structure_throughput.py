@@ -98,7 +98,8 @@ def main() -> None:
         print(f"{name}: train {train_s:.1f} s ({n / train_s:.1f}/s), inference {infer_s:.1f} s ({n / infer_s:.1f}/s)",
               file=sys.stderr, flush=True)
 
-    table = ["| model | parameters | batch | train epoch (s) | train structures/s | inference (s) | inference structures/s |",
+    table = ["| model | parameters | batch | train epoch (s) | train structures/s | inference (s) "
+             "| inference structures/s |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     table += [f"| {label} | {params:,} | {bs} | {tt:.1f} | {tr:.1f} | {it:.1f} | {ir:.1f} |"
               for label, params, bs, tt, tr, it, ir in rows]

@@ -30,6 +30,16 @@ FEATURIZER_CLASSES = {"magpie": MagpieFeatures, "element_fractions": ElementFrac
 CLASSICAL = ("rf", "linear", "ridge", "elasticnet", "svr", "adaboost", "decision_tree", "gradient_boosting")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread, as a trial with one CPU: on a shared 2-core machine, two threads stall
+    on each other in every BatchNorm and matmul (several times slower under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """A fresh Magpie feature cache for this module (the datasets stay in the usual cache)."""

@@ -1,5 +1,5 @@
-"""Leaderboards: MLflow runs -> markdown tables (+ plots)."""
+"""Leaderboards: MLflow runs -> markdown tables, per-dataset pages with plots, CSV exports."""
 
-from harness.leaderboard.build import LeaderboardError, write_leaderboard
+from harness.leaderboard.build import LeaderboardError, write_all, write_leaderboard
 
-__all__ = ["LeaderboardError", "write_leaderboard"]
+__all__ = ["LeaderboardError", "write_all", "write_leaderboard"]

@@ -1,27 +1,51 @@
-"""MLflow (the only source of truth) -> leaderboard tables -> ``leaderboards/<suite>.md``.
+"""MLflow (the only source of truth) -> ``leaderboards/``: pages, plots, CSV exports.
 
-For each (dataset, model) the leaderboard uses the final runs (``stage=final``) of the most
-recent sweep that evaluated that pair, and shows test MAE mean ± std over seeds/folds. The
-published numbers from ``reference_results.csv`` stand beside ours in columns marked
-"(published)". The page holds nothing that is not derived from the store (no clock, no host),
-so regenerating it from the same store gives the same bytes; it is written to a temporary
-file and renamed into place, so a reader never sees half a page.
+For each (dataset, model) a page uses the runs of the most recent sweep that evaluated that
+pair (the latest with final runs; else the latest with a search). Output, for a suite ``S``::
+
+    <out>/README.md                     index, protocols, budget, commands to reproduce
+    <out>/S.md                          the suite page
+    <out>/S/<dataset>.md                one page per dataset
+    <out>/S/<dataset>/*.png             its plots
+    <out>/S/{results,fits,significance,models}.csv
+    <out>/matbench/matbench_v0.1_<model>/results.json.gz   (suite matbench: submission files)
+
+Pages hold nothing that is not derived from the store (no clock, no host), so regenerating
+them from the same store gives the same bytes (PNG included). The whole tree is written to a
+temporary folder first, then each file is moved into place (subfolder files first, the suite
+page and README last) and files of the suite's folder that the new tree does not hold are
+removed: a reader never sees half a file, and a page never links to a missing plot.
 """
 
 from __future__ import annotations
 
-import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
+from harness.leaderboard import matbench_export, plots
+from harness.leaderboard.render import (
+    csv_bytes,
+    fits_frame,
+    models_frame,
+    render_dataset,
+    render_readme,
+    render_suite,
+    results_frame,
+    significance_frame,
+    slug,
+)
+from harness.leaderboard.store import SuiteData, load_suite, suites_in_store
+from harness.leaderboard.tables import SuiteTables, build_tables
 from harness.paths import REPO_ROOT, shared_dir
 
 PACKAGED_REFERENCE = Path(__file__).resolve().parent.parent / "resources" / "reference_results.csv"
+
+__all__ = ["LeaderboardError", "reference_results", "suites_in_store", "write_leaderboard", "write_all",
+           "suite_tables"]
 
 
 class LeaderboardError(RuntimeError):
@@ -37,184 +61,116 @@ def reference_results() -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=5000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+def suite_tables(tracking_uri: str, suite: str, with_artifacts: bool = True) -> SuiteTables:
+    data: SuiteData = load_suite(tracking_uri, suite, with_artifacts=with_artifacts)
+    return build_tables(data, reference_results())
 
 
-def final_runs(tracking_uri: str, suite: str) -> pd.DataFrame:
-    """One row per final run of ``suite``, restricted to each pair's latest sweep."""
-    client = MlflowClient(tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    if not experiments:
-        return pd.DataFrame()
-    rows = []
-    for run in _search_all(client, experiments, f"tags.stage = 'final' and tags.suite = '{suite}'"):
-        tags, metrics = run.data.tags, run.data.metrics
-        rows.append({
-            "run_id": run.info.run_id,
-            "status": run.info.status,
-            "dataset": tags.get("dataset", ""),
-            "model": tags.get("model", ""),
-            "model_label": tags.get("model_label", tags.get("model", "")),
-            "unit": tags.get("unit", ""),
-            "split": tags.get("split", ""),
-            "seed": tags.get("seed", ""),
-            "sweep_id": tags.get("sweep_id", ""),
-            "hardware": tags.get("hardware", ""),
-            "git_commit": tags.get("git_commit", ""),
-            "max_epochs": tags.get("max_epochs", ""),
-            "num_samples": tags.get("num_samples", ""),
-            "subsample": tags.get("data_subsample", ""),
-            "test_mae": metrics.get("test_mae", math.nan),
-            "fit_seconds": metrics.get("fit_seconds", math.nan),
-        })
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    latest = frame.groupby(["dataset", "model"])["sweep_id"].transform("max")
-    return frame[frame["sweep_id"] == latest].reset_index(drop=True)
+def _not_run(suite: str, present: list[str]) -> list[str]:
+    try:
+        from harness.data.catalog import SUITES
+    except ImportError:
+        return []
+    return [d for d in SUITES.get(suite, []) if d not in set(present)]
 
 
-def trial_counts(tracking_uri: str, sweep_ids: list[str]) -> pd.DataFrame:
-    """Trials per (dataset, model, sweep) by state, from the child runs of the searches."""
-    client = MlflowClient(tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    rows = []
-    for sweep in sorted(set(sweep_ids)):
-        for run in _search_all(client, experiments, f"tags.stage = 'trial' and tags.sweep_id = '{sweep}'"):
-            tags = run.data.tags
-            rows.append({"sweep_id": sweep, "dataset": tags.get("dataset"), "model": tags.get("model"),
-                         "state": tags.get("trial_state", "unknown")})
-    if not rows:
-        return pd.DataFrame(columns=["sweep_id", "dataset", "model", "completed", "pruned", "failed"])
-    counts = pd.DataFrame(rows).pivot_table(
-        index=["sweep_id", "dataset", "model"], columns="state", aggfunc="size", fill_value=0
-    ).reset_index()
-    for state in ("completed", "pruned", "failed"):
-        if state not in counts:
-            counts[state] = 0
-    return counts
-
-
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """(dataset, model) -> mean, std (ddof=1), n of test MAE over the finished final runs."""
-    done = runs[(runs["status"] == "FINISHED") & runs["test_mae"].notna()]
-    grouped = done.groupby(["dataset", "model"])["test_mae"]
-    return pd.DataFrame({
-        "mean": grouped.mean(),
-        "std": grouped.std(ddof=1),
-        "n": grouped.size(),
-    }).reset_index()
-
-
-def fmt(mean: float, std: float, n: int) -> str:
-    if n > 1 and not math.isnan(std):
-        return f"{mean:.4g} ± {std:.2g}"
-    return f"{mean:.4g}"
-
-
-def render(suite: str, runs: pd.DataFrame, trials: pd.DataFrame, reference: pd.DataFrame) -> str:
-    stats = summarize(runs)
-    labels = runs.drop_duplicates("model").set_index("model")["model_label"].to_dict()
-    models = sorted(labels, key=lambda m: labels[m].lower())
-    datasets = sorted(runs["dataset"].unique(), key=str.lower)
-    units = runs.drop_duplicates("dataset").set_index("dataset")["unit"].to_dict()
-    ref = reference[(reference["suite"] == suite) & reference["dataset"].isin(datasets)]
-    ref = ref[ref["metric"].isin(["mae_test", "mae_test_mean_folds"])]
-    published = sorted(ref["model"].unique(), key=str.lower)
-
-    header = ["dataset", "unit"] + [labels[m] for m in models] + [f"{p} (published)" for p in published]
-    lines = [
-        f"# Leaderboard: `{suite}`",
-        "",
-        "Test MAE, mean ± std over final fits (seeds × folds), lower is better. **Bold**: the best "
-        "number in the row, measured or published. Columns marked *(published)* are numbers "
-        "reported in the papers (see Sources), not measured by this harness; their protocol and "
-        "budget may differ from ours.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|",
+def suite_files(t: SuiteTables) -> dict[str, bytes]:
+    """Every file of one suite (paths relative to the output folder) except README.md."""
+    suite = t.data.suite
+    files: dict[str, bytes] = {}
+    for dataset in t.datasets:
+        base = f"{suite}/{slug(dataset)}"
+        made: dict[str, str | None] = {}
+        residual_png, train_logged = plots.residuals(t, dataset)
+        for key, png in (("parity", plots.parity(t, dataset)), ("residuals", residual_png),
+                         ("learning_curves", plots.learning_curves(t, dataset)),
+                         ("trial_curves", plots.trial_curves(t, dataset)), ("pareto", plots.pareto(t, dataset))):
+            if png is not None:
+                files[f"{base}/{key}.png"] = png
+                made[key] = f"{slug(dataset)}/{key}.png"
+        files[f"{base}.md"] = render_dataset(t, dataset, made, train_logged).encode("utf-8")
+    exports = [
+        (f"{suite}/results.csv", "one row per (dataset, model): every number of the tables above, published rows too"),
+        (f"{suite}/fits.csv", "one row per final fit: status, metrics, hyperparameters, run id"),
+        (f"{suite}/significance.csv", "the paired test of each dataset's two best models"),
+        (f"{suite}/models.csv", "per model: average rank and cost totals"),
     ]
-    for dataset in datasets:
-        cells: list[tuple[float, str]] = []
-        for model in models:
-            hit = stats[(stats["dataset"] == dataset) & (stats["model"] == model)]
-            if hit.empty:
-                cells.append((math.inf, "—"))
-            else:
-                row = hit.iloc[0]
-                cells.append((row["mean"], fmt(row["mean"], row["std"], int(row["n"]))))
-        for model in published:
-            hit = ref[(ref["dataset"] == dataset) & (ref["model"] == model)]
-            cells.append((math.inf, "—") if hit.empty else (float(hit.iloc[0]["value"]), f"{float(hit.iloc[0]['value']):.4g}"))
-        best = min(value for value, _ in cells)
-        texts = [f"**{text}**" if value == best and math.isfinite(value) else text for value, text in cells]
-        lines.append("| " + " | ".join([dataset, units.get(dataset, "")] + texts) + " |")
+    files[f"{suite}/results.csv"] = csv_bytes(results_frame(t))
+    files[f"{suite}/fits.csv"] = csv_bytes(fits_frame(t))
+    files[f"{suite}/significance.csv"] = csv_bytes(significance_frame(t))
+    files[f"{suite}/models.csv"] = csv_bytes(models_frame(t))
+    submissions = None
+    if suite == "matbench":
+        submissions = {}
+        for model in t.models:
+            blob, tasks, left = matbench_export.submission(t, model)
+            path = None
+            if blob is not None:
+                path = f"{suite}/matbench_v0.1_{slug(model)}/results.json.gz"
+                files[path] = blob
+            submissions[model] = (path, tasks, left)
+    files[f"{suite}.md"] = render_suite(t, _not_run(suite, t.datasets), exports, submissions).encode("utf-8")
+    return files
 
-    lines += ["", "## Budget", "",
-              "| dataset | model | trials (completed / pruned / failed) | max epochs | samples | final fits | subsample | hardware | sweep |",
-              "|---|---|---:|---:|---:|---:|---:|---|---|"]
-    for (dataset, model), group in runs.groupby(["dataset", "model"], sort=True):
-        sweep = group["sweep_id"].iloc[0]
-        t = trials[(trials["sweep_id"] == sweep) & (trials["dataset"] == dataset) & (trials["model"] == model)]
-        counts = "0 / 0 / 0" if t.empty else f"{int(t['completed'].sum())} / {int(t['pruned'].sum())} / {int(t['failed'].sum())}"
-        finished = int((group["status"] == "FINISHED").sum())
-        lines.append(
-            f"| {dataset} | {labels[model]} | {counts} | {group['max_epochs'].iloc[0]} | "
-            f"{group['num_samples'].iloc[0]} | {finished} of {len(group)} | "
-            f"{group['subsample'].iloc[0] or 'all rows'} | {'; '.join(sorted(set(group['hardware'])))} | {sweep} |"
-        )
-    commits = sorted(set(runs["git_commit"]))
-    lines += ["", f"Code: commit {', '.join(f'`{c}`' for c in commits)}.", ""]
-    if published:
-        lines += ["## Sources of published numbers", ""]
-        for source in sorted(set(ref["source"])):
-            lines.append(f"- {source}")
-        lines.append("")
-    return "\n".join(lines)
+
+def publish(out_dir: Path, files: dict[str, bytes], managed_dirs: list[str]) -> None:
+    """Write ``files`` under ``out_dir`` via a temporary tree; remove stale files of ``managed_dirs``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".leaderboard-"))
+    try:
+        for rel, content in files.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        # deepest files first: plots and dataset pages exist before the pages that link to them
+        for rel in sorted(files, key=lambda r: (-r.count("/"), r == "README.md", r)):
+            dest = out_dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, dest)
+        keep = {(out_dir / rel).resolve() for rel in files}
+        for managed in managed_dirs:
+            root = out_dir / managed
+            if not root.is_dir():
+                continue
+            for path in sorted(root.rglob("*"), key=lambda p: -len(p.parts)):
+                if path.is_file() and path.resolve() not in keep:
+                    path.unlink()
+                elif path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _readme(tracking_uri: str, built: dict[str, SuiteTables]) -> bytes:
+    tables = []
+    for suite in sorted(set(suites_in_store(tracking_uri)) | set(built)):
+        tables.append(built.get(suite) or suite_tables(tracking_uri, suite, with_artifacts=False))
+    return render_readme(tables).encode("utf-8")
+
+
+def write_all(tracking_uri: str, out_dir: Path | None = None, suites: list[str] | None = None) -> list[Path]:
+    """Write the pages of ``suites`` (default: every suite in the store) and README.md."""
+    out_dir = Path(out_dir or REPO_ROOT / "leaderboards")
+    suites = suites if suites is not None else suites_in_store(tracking_uri)
+    if not suites:
+        raise LeaderboardError(f"no sweep in {tracking_uri}; run `harness sweep` first")
+    files: dict[str, bytes] = {}
+    built: dict[str, SuiteTables] = {}
+    for suite in suites:
+        t = suite_tables(tracking_uri, suite)
+        if t.data.pairs.empty:
+            present = suites_in_store(tracking_uri)
+            raise LeaderboardError(
+                f"no runs of suite {suite!r} in {tracking_uri}; suites present: "
+                f"{', '.join(present) or 'none'} (run `harness sweep` first)"
+            )
+        built[suite] = t
+        files.update(suite_files(t))
+    files["README.md"] = _readme(tracking_uri, built)
+    publish(out_dir, files, managed_dirs=list(suites))
+    return [out_dir / f"{s}.md" for s in suites]
 
 
 def write_leaderboard(suite: str, tracking_uri: str, out_dir: Path | None = None) -> Path:
-    """Render ``<out_dir>/<suite>.md`` from the store and replace it atomically."""
-    out_dir = Path(out_dir or REPO_ROOT / "leaderboards")
-    runs = final_runs(tracking_uri, suite)
-    if runs.empty:
-        raise LeaderboardError(
-            f"no final runs for suite {suite!r} in {tracking_uri}; run `harness sweep` first "
-            f"(suites present are listed by `harness leaderboard --list`)"
-        )
-    text = render(suite, runs, trial_counts(tracking_uri, list(runs["sweep_id"])), reference_results())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{suite}.md"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{suite}.", suffix=".md.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def suites_in_store(tracking_uri: str) -> list[str]:
-    client = MlflowClient(tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    if not experiments:
-        return []
-    suites = {run.data.tags.get("suite", "") for run in _search_all(client, experiments, "tags.stage = 'final'")}
-    return sorted(s for s in suites if s)
-
-
-def mean_test_mae(tracking_uri: str, suite: str, dataset: str, model: str) -> float:
-    """Mean test MAE of the final runs used on the leaderboard (for checks and tests)."""
-    runs = final_runs(tracking_uri, suite)
-    hit = summarize(runs)
-    row = hit[(hit["dataset"] == dataset) & (hit["model"] == model)]
-    return float(row["mean"].iloc[0]) if not row.empty else float(np.nan)
+    """Write ``<out_dir>/<suite>.md`` (+ its dataset pages, plots, CSVs, README.md); return the page."""
+    return write_all(tracking_uri, out_dir, [suite])[0]

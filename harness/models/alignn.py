@@ -39,7 +39,10 @@ Adapted / implementation notes:
   projections of an EGGC (``W_s, W_d, V, U``) are one fused ``Linear(h, 4h)`` (identical
   initialisation distribution: same fan-in), the edge pre-activation is accumulated in place,
   and the gated sums are ``index_add_`` (no expanded-index ``scatter_add_``).
-  No Python loop over graphs anywhere.
+  No Python loop over graphs anywhere. ``compile=True`` (off by default) runs each convolution
+  through ``torch.compile`` (inductor, dynamic shapes; on CPU it needs a C++ compiler): the same
+  arithmetic in fused kernels, ~1.5x faster training steps on CPU here after ~10-20 s of
+  compilation per process, worth it for long runs, not for short ASHA trials.
 - The reference trains with a one-cycle LR schedule; the shared trainer has ``cosine`` (or
   ``none``), so the recipe here is AdamW, lr 1e-3, weight decay 1e-5, batch 64, MSE, cosine
   annealing to 0 over 300 epochs (one-cycle's long annealing tail without its warm-up).
@@ -47,6 +50,7 @@ Adapted / implementation notes:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -67,10 +71,13 @@ class ALIGNNConfig:
     embedding_features: int = 64
     hidden_features: int = 256
     edge_rbf_max: float = 8.0  # Angstrom
+    compile: bool = False  # torch.compile each graph convolution (no change to the arithmetic)
 
     def __post_init__(self) -> None:
         if self.alignn_layers < 0 or self.gcn_layers < 0 or self.alignn_layers + self.gcn_layers < 1:
-            raise ValueError(f"need at least one layer, got alignn_layers={self.alignn_layers}, gcn_layers={self.gcn_layers}")
+            raise ValueError(
+                f"need at least one layer, got alignn_layers={self.alignn_layers}, gcn_layers={self.gcn_layers}"
+            )
         for name in ("edge_input_features", "triplet_input_features"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
@@ -85,17 +92,54 @@ def mlp_layer(in_features: int, out_features: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_features, out_features), nn.BatchNorm1d(out_features), nn.SiLU())
 
 
+def edge_gated_conv(
+    x: Tensor, y: Tensor, src: Tensor, dst: Tensor,
+    node_weight: Tensor, node_bias: Tensor, gate_weight: Tensor, gate_bias: Tensor,
+    bn_nodes: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+    bn_edges: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+    training: bool, momentum: float, eps: float, residual: bool,
+) -> tuple[Tensor, Tensor]:
+    """The EGGC as one function of tensors (so that ``torch.compile`` can fuse all of it).
+
+    ``bn_*`` = (weight, bias, running_mean, running_var) of the two BatchNorms.
+    """
+    h = gate_weight.shape[0]
+    e_src, e_dst, bh, ux = F.linear(x, node_weight, node_bias).split(h, dim=1)
+    m = F.linear(y, gate_weight, gate_bias)  # accumulated in place: autograd needs none of the summands
+    m += e_src.index_select(0, src)
+    m += e_dst.index_select(0, dst)
+    sigma = torch.sigmoid(m)
+    numerator = x.new_zeros((x.shape[0], h)).index_add_(0, dst, bh.index_select(0, src) * sigma)
+    denominator = x.new_zeros((x.shape[0], h)).index_add_(0, dst, sigma)
+    x_new = ux + numerator / (denominator + 1e-6)
+    weight, bias, mean, var = bn_nodes
+    x_new = F.silu(F.batch_norm(x_new, mean, var, weight, bias, training, momentum, eps))
+    weight, bias, mean, var = bn_edges
+    y_new = F.silu(F.batch_norm(m, mean, var, weight, bias, training, momentum, eps))
+    if residual:
+        return x + x_new, y + y_new
+    return x_new, y_new
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_edge_gated_conv():
+    """``torch.compile`` of :func:`edge_gated_conv` (inductor, dynamic shapes), built on first use."""
+    return torch.compile(edge_gated_conv, dynamic=True)
+
+
 class EdgeGatedGraphConv(nn.Module):
     """``(x [N, h], y [E, h], edge_index [2, E]) -> (x', y')``, see the module docstring.
 
     ``node_proj`` holds ``[W_s; W_d; V; U]`` (ALIGNN's src_gate, dst_gate, dst_update,
-    src_update) in one matrix; ``edge_gate`` is ``W_e``.
+    src_update) in one matrix; ``edge_gate`` is ``W_e``. ``compiled=True`` runs the whole
+    convolution through ``torch.compile`` (same arithmetic, fused kernels).
     """
 
-    def __init__(self, features: int, residual: bool = True) -> None:
+    def __init__(self, features: int, residual: bool = True, compiled: bool = False) -> None:
         super().__init__()
         self.features = features
         self.residual = residual
+        self.compiled = compiled
         self.node_proj = nn.Linear(features, 4 * features)
         self.edge_gate = nn.Linear(features, features)
         self.bn_nodes = nn.BatchNorm1d(features)
@@ -108,33 +152,33 @@ class EdgeGatedGraphConv(nn.Module):
             module.reset_parameters()
 
     def forward(self, x: Tensor, y: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        src, dst = edge_index[0], edge_index[1]
-        h = self.features
-        proj = self.node_proj(x)  # [N, 4h]
-        e_src, e_dst, bh, ux = proj.split(h, dim=1)
-        m = self.edge_gate(y)  # accumulated in place: autograd needs none of the summands
-        m += e_src.index_select(0, src)
-        m += e_dst.index_select(0, dst)
-        sigma = torch.sigmoid(m)
-        numerator = x.new_zeros((x.shape[0], h)).index_add_(0, dst, bh.index_select(0, src) * sigma)
-        denominator = x.new_zeros((x.shape[0], h)).index_add_(0, dst, sigma)
-        x_new = ux + numerator / (denominator + 1e-6)
-        x_new = F.silu(self.bn_nodes(x_new))
-        y_new = F.silu(self.bn_edges(m))
-        if self.residual:
-            return x + x_new, y + y_new
-        return x_new, y_new
+        bn_n, bn_e = self.bn_nodes, self.bn_edges
+        track = self.training and bn_n.track_running_stats
+        if track:  # as nn.BatchNorm1d does (the momentum is fixed, so only the counter moves)
+            bn_n.num_batches_tracked.add_(1)
+            bn_e.num_batches_tracked.add_(1)
+        use_batch_stats = self.training or not bn_n.track_running_stats
+        conv = compiled_edge_gated_conv() if self.compiled else edge_gated_conv
+        return conv(
+            x, y, edge_index[0], edge_index[1],
+            self.node_proj.weight, self.node_proj.bias, self.edge_gate.weight, self.edge_gate.bias,
+            (bn_n.weight, bn_n.bias, bn_n.running_mean, bn_n.running_var),
+            (bn_e.weight, bn_e.bias, bn_e.running_mean, bn_e.running_var),
+            use_batch_stats, bn_n.momentum, bn_n.eps, self.residual,
+        )
 
 
 class ALIGNNConv(nn.Module):
     """One ALIGNN layer: EGGC on the atom graph, then EGGC on the line graph."""
 
-    def __init__(self, features: int) -> None:
+    def __init__(self, features: int, compiled: bool = False) -> None:
         super().__init__()
-        self.node_update = EdgeGatedGraphConv(features)
-        self.edge_update = EdgeGatedGraphConv(features)
+        self.node_update = EdgeGatedGraphConv(features, compiled=compiled)
+        self.edge_update = EdgeGatedGraphConv(features, compiled=compiled)
 
-    def forward(self, x: Tensor, y: Tensor, z: Tensor, edge_index: Tensor, lg_edge_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, y: Tensor, z: Tensor, edge_index: Tensor, lg_edge_index: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         x, m = self.node_update(x, y, edge_index)
         y, z = self.edge_update(m, z, lg_edge_index)
         return x, y, z
@@ -159,8 +203,10 @@ class ALIGNN(nn.Module):
             mlp_layer(config.triplet_input_features, emb),
             mlp_layer(emb, hidden),
         )
-        self.alignn_layers = nn.ModuleList(ALIGNNConv(hidden) for _ in range(config.alignn_layers))
-        self.gcn_layers = nn.ModuleList(EdgeGatedGraphConv(hidden) for _ in range(config.gcn_layers))
+        self.alignn_layers = nn.ModuleList(ALIGNNConv(hidden, config.compile) for _ in range(config.alignn_layers))
+        self.gcn_layers = nn.ModuleList(
+            EdgeGatedGraphConv(hidden, compiled=config.compile) for _ in range(config.gcn_layers)
+        )
         self.fc = nn.Linear(hidden, 1)
         self.reset_parameters()
 

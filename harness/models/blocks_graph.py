@@ -128,13 +128,6 @@ def mlp(widths: tuple[int, ...] | list[int], activation: str = "silu", last_acti
     return nn.Sequential(*layers)
 
 
-def reset_all(module: nn.Module) -> None:
-    """Call ``reset_parameters`` of every submodule that has one (PyTorch/PyG default inits)."""
-    for sub in module.modules():
-        if sub is not module and hasattr(sub, "reset_parameters"):
-            sub.reset_parameters()
-
-
 def graph_sizes(graph) -> tuple[Tensor, int]:
     """``(batch vector [N], number of graphs)`` of a PyG ``Batch`` (or a single graph)."""
     batch = getattr(graph, "batch", None)

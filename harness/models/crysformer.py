@@ -2,9 +2,9 @@
 
 T. Wang, J. Chen, J. Teng, J. Shi, X. Zeng, H. Snoussi, "Crysformer: An attention-based graph
 neural network for properties prediction of crystals", Chin. Phys. B 32 (9) (2023) (article
-number and DOI not recorded here: check before citing them). No reference code is public; this follows the paper's
-description as summarised in the project's DESIGN.md (the seed text), and fills the details the
-description leaves open as stated below.
+number and DOI not recorded here: check before citing them). No reference code is public; this
+follows the paper's description as summarised in the project's DESIGN.md (the seed text), and
+fills the details the description leaves open as stated below.
 
 Graphs (``CrystalGraph``): the atom graph (12 nearest periodic neighbours, edges ``j -> i``) and
 its line graph (nodes = bonds, edges = pairs of bonds sharing a centre atom, with their angle).
@@ -34,8 +34,9 @@ bonds ``e``, its edges the angles ``t``: updates ``e`` and ``t``), then one on t
 3. position-wise feed-forward on nodes and on edges, residual + LayerNorm (post-norm, as the
    Transformer): ``u <- LN(u + FFN(u))``, ``w <- LN(w + FFN'(w))``, FFN = Linear-SiLU-Linear.
 
-The last block's two layers skip their edge updates (nothing reads them). Readout: ``y = MLP(mean_i h_i)`` (Linear-SiLU-Linear). Recipe (paper): AdamW, weight decay 1e-4,
-batch 64, MSE, 300 epochs; lr 1e-3.
+The last block's two layers skip their edge updates (nothing reads them). Readout:
+``y = MLP(mean_i h_i)`` (Linear-SiLU-Linear). Recipe (paper): AdamW, weight decay 1e-4, batch 64,
+MSE, 300 epochs; lr 1e-3 (our choice).
 
 Choices made here where the description is silent: the conditional score is the edge-modulated
 dot product of Dwivedi & Bresson's graph transformer (arXiv:2012.09699) and its gate is the
@@ -89,7 +90,9 @@ def _ffn(d: int, multiplier: int, dropout: float) -> nn.Sequential:
 class CrysformerLayer(nn.Module):
     """``(u [N, d], w [E, d], edge_index [2, E]) -> (u', w')``: cross-attention, conditional attention, FFN."""
 
-    def __init__(self, d: int, heads: int, ffn_multiplier: int = 2, dropout: float = 0.0, update_edges: bool = True) -> None:
+    def __init__(
+        self, d: int, heads: int, ffn_multiplier: int = 2, dropout: float = 0.0, update_edges: bool = True
+    ) -> None:
         super().__init__()
         self.d, self.heads, self.d_head = d, heads, d // heads
         self.update_edges = update_edges
@@ -154,8 +157,12 @@ class Crysformer(nn.Module):
         self.config = config
         d = config.hidden
         self.atom_embedding = atom_embedding("learned", d)
-        self.bond_embedding = nn.Sequential(RBFExpansion(0.0, config.edge_rbf_max, config.edge_bins), nn.Linear(config.edge_bins, d))
-        self.angle_embedding = nn.Sequential(RBFExpansion(0.0, math.pi, config.angle_bins), nn.Linear(config.angle_bins, d))
+        self.bond_embedding = nn.Sequential(
+            RBFExpansion(0.0, config.edge_rbf_max, config.edge_bins), nn.Linear(config.edge_bins, d)
+        )
+        self.angle_embedding = nn.Sequential(
+            RBFExpansion(0.0, math.pi, config.angle_bins), nn.Linear(config.angle_bins, d)
+        )
         def layer(update_edges: bool = True) -> CrysformerLayer:
             return CrysformerLayer(d, config.heads, config.ffn_multiplier, config.dropout, update_edges)
 

@@ -14,8 +14,9 @@ No batch normalisation, no shortcuts. Recipe: Adam, lr 1e-4, batch 32, MAE loss.
 Adapted:
 - Input: fractions of the elements H..Pu (94; ElemNet's 86 plus He, Ne, Ar, Po, At, Rn, Fr, Ra,
   see ``harness/featurize/fractions.py``). Columns of elements absent from a dataset stay zero.
-- Dropout is off in evaluation. (The reference code builds its evaluation graph with dropout
-  too when predicting one target, which makes its test predictions stochastic; that is a bug.)
+- Dropout is off in evaluation. (The reference code also builds its evaluation graph with
+  dropout when it predicts one target, so its test predictions are stochastic; we take that as
+  unintended.)
 - Weights are initialised as its TF-slim layers (Glorot uniform, zero bias), not PyTorch's default
   (weight variance 1/(3 fan_in)), which divides the activations' second moment by about 6 per
   ReLU layer and all but silences a 17-layer plain network at the start.

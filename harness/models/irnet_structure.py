@@ -2,10 +2,11 @@
 
 The network is IRNet's (``harness/models/irnet.py``: FC-BN-ReLU layers, each with its own
 shortcut); only the input differs: the ``magpie_structure`` featurizer's 145 Magpie / Ward-2016
-composition attributes followed by the Ward-2017 Voronoi structure attributes of matminer
-(Jha et al., KDD 2019, Table 2: "composition + structure" inputs, 271 attributes). The input
-width comes from ``feature_info["n_features"]``; inputs are standardised from training rows
-inside the model as for composition-only IRNet. Paper recipe: Adam, lr 1e-4, batch 32, MAE.
+composition attributes joined to the Ward-2017 Voronoi structure attributes of matminer (the
+IRNet papers' "composition + structure" setting; 145 + 128 = 273 columns with matminer's
+presets, see ``harness/featurize/structure_attributes.py``). The input width comes from
+``feature_info["n_features"]``; inputs are standardised from training rows inside the model as
+for composition-only IRNet. Paper recipe: Adam, lr 1e-4, batch 32, MAE.
 """
 
 from __future__ import annotations

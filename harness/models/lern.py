@@ -23,9 +23,10 @@ properties unchanged under a change of unit cell.
     y        = MLP(mean_{n in structure} f_n)                        256 -> 128 -> 1, ReLU
 
 Also adapted: no max-pool after the stem (a 6x11 input has nothing to spare), and the inputs
-are standardised cell by cell with the mean/std of the training rows (the rows mix atomic
-numbers ~50 with distances ~3 A; the statistics come only from batches seen in training mode,
-as IRNet's ``TrainStandardizer``; ``standardize_input=False`` feeds them raw). Written with
+are standardised cell by cell with the mean/std of the training rows (the featurizer already
+divides each row by a fixed constant of the periodic table, so all are O(1); standardising
+centres them, column by column; the statistics come only from batches seen in training mode,
+as IRNet's ``TrainStandardizer``; ``standardize_input=False`` feeds them as featurized). Written with
 ``torch.nn`` building blocks (torchvision is not a dependency). Recipe (not stated in the
 summary we follow): Adam, lr 1e-3, batch 64, MSE, cosine schedule, 300 epochs.
 """
@@ -77,7 +78,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -94,7 +97,9 @@ class LERN(nn.Module):
         channels, rows, cols = config.env_shape
         self.standardize = TrainStandardizer(channels * rows * cols) if config.standardize_input else nn.Identity()
         self.stem = nn.Sequential(
-            nn.Conv2d(channels, config.stem_width, 1, bias=False), nn.BatchNorm2d(config.stem_width), nn.ReLU(inplace=True)
+            nn.Conv2d(channels, config.stem_width, 1, bias=False),
+            nn.BatchNorm2d(config.stem_width),
+            nn.ReLU(inplace=True),
         )
         blocks: list[nn.Module] = []
         width = config.stem_width
@@ -132,9 +137,13 @@ class LERN(nn.Module):
         g = batch.graph
         site_env = getattr(g, "site_env", None)
         if site_env is None:
-            raise ValueError("LERN needs per-site local environments (graph.site_env); use input kind 'crystal_graph_lern'")
+            raise ValueError(
+                "LERN needs per-site local environments (graph.site_env); use input kind 'crystal_graph_lern'"
+            )
         if tuple(site_env.shape[1:]) != self.config.env_shape:
-            raise ValueError(f"site_env has shape {tuple(site_env.shape[1:])} per site, LERN expects {self.config.env_shape}")
+            raise ValueError(
+                f"site_env has shape {tuple(site_env.shape[1:])} per site, LERN expects {self.config.env_shape}"
+            )
         index, n_graphs = graph_sizes(g)
         return self.head(global_mean_pool(self.site_features(site_env), index, n_graphs)).squeeze(-1)
 

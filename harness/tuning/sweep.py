@@ -147,7 +147,9 @@ def _init_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": always a fresh in-process cluster; without it ray.init() joins any
+    # cluster a `ray start` left on this machine (or hangs on a dead one).
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     return True
 
 

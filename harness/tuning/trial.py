@@ -99,7 +99,8 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     if spec.framework == "sklearn":
         from harness.training.sklearn_fit import fit_sklearn
 
-        metrics = fit_sklearn(spec, model_config, context.features, context.targets, context.split)
+        metrics = fit_sklearn(spec, model_config, context.features, context.targets, context.split,
+                              seed=context.seed)
         tune.report({**metrics, "epoch": 1, FINISHED_KEY: True})
         return
 

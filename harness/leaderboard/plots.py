@@ -1,0 +1,270 @@
+"""PNG plots of one dataset's results (matplotlib, Agg canvas, no pyplot state).
+
+Byte-identical output for identical input: the default style is forced (a user's
+matplotlibrc changes nothing), the PNG carries no ``Software`` entry and no time stamp, and
+every series is drawn in a fixed order.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+
+from harness.leaderboard.store import OK
+from harness.leaderboard.tables import PairResult, SuiteTables, finite
+
+DPI = 100
+PANEL = (4.2, 3.4)  # inches per subplot
+STATE_COLORS = {"completed": "C0", "pruned": "C1", "failed": "C3"}
+
+
+def MaxNLocator(**kwargs):
+    from matplotlib.ticker import MaxNLocator as _Locator
+
+    return _Locator(**kwargs)
+
+
+def _figure(n_panels: int, ncols_max: int = 3):
+    from matplotlib.figure import Figure
+
+    ncols = max(1, min(ncols_max, n_panels))
+    nrows = max(1, math.ceil(n_panels / ncols))
+    fig = Figure(figsize=(PANEL[0] * ncols, PANEL[1] * nrows), dpi=DPI)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _styled(draw):
+    """Run ``draw`` under matplotlib's default style (not the user's rc) and return PNG bytes."""
+    import matplotlib
+    import matplotlib.style
+
+    with matplotlib.style.context("default"), matplotlib.rc_context({"svg.hashsalt": "harness", "font.size": 9}):
+        return _png(draw())
+
+
+def _models_with(tables: SuiteTables, dataset: str, predicate) -> list[PairResult]:
+    out = []
+    for model in tables.models:
+        res = tables.get(dataset, model)
+        if res is not None and predicate(res):
+            out.append(res)
+    return out
+
+
+def _ok_runs(tables: SuiteTables, dataset: str, model: str) -> pd.DataFrame:
+    f = tables.data.finals
+    return f[(f["dataset"] == dataset) & (f["model"] == model) & (f["state"] == OK)]
+
+
+def _axis_label(tables: SuiteTables, dataset: str, what: str) -> str:
+    info = tables.info.get(dataset, {})
+    unit = info.get("unit", "")
+    return f"{what} ({unit})" if unit else what
+
+
+def _mean_predictions(tables: SuiteTables, runs: pd.DataFrame, store: dict) -> pd.DataFrame | None:
+    frames = [store[r] for r in runs["run_id"] if r in store]
+    if not frames:
+        return None
+    both = pd.concat(frames, ignore_index=True)
+    both["id"] = both["id"].astype(str)
+    return both.groupby("id", sort=True).agg(target=("target", "first"), prediction=("prediction", "mean")).reset_index()
+
+
+# ----------------------------------------------------------------------------- plots
+def parity(tables: SuiteTables, dataset: str) -> bytes | None:
+    """Predicted vs true test targets per model (prediction averaged over the model's seeds)."""
+    items = []
+    for res in _models_with(tables, dataset, lambda r: r.n_ok > 0):
+        frame = _mean_predictions(tables, _ok_runs(tables, dataset, res.model), tables.data.predictions)
+        if frame is not None:
+            items.append((res, frame))
+    if not items:
+        return None
+    lo = min(min(f["target"].min(), f["prediction"].min()) for _, f in items)
+    hi = max(max(f["target"].max(), f["prediction"].max()) for _, f in items)
+    pad = 0.04 * (hi - lo or 1.0)
+
+    def draw():
+        fig, axes = _figure(len(items))
+        for ax, (res, frame) in zip(axes, items):
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", lw=1, zorder=1)
+            ax.scatter(frame["target"], frame["prediction"], s=10, alpha=0.6, color="C0", lw=0, zorder=2)
+            ax.set_xlim(lo - pad, hi + pad)
+            ax.set_ylim(lo - pad, hi + pad)
+            ax.set_aspect("equal", adjustable="box")
+            mae = float(np.mean(np.abs(frame["prediction"] - frame["target"])))
+            ax.set_title(f"{res.label}: MAE of mean prediction {mae:.4g}")
+            ax.set_xlabel(_axis_label(tables, dataset, "true"))
+            ax.set_ylabel(_axis_label(tables, dataset, "predicted"))
+        fig.suptitle(f"{dataset}: parity (test, {len(items[0][1])} samples)")
+        return fig
+
+    return _styled(draw)
+
+
+def residuals(tables: SuiteTables, dataset: str) -> tuple[bytes | None, bool]:
+    """Histogram of residuals (prediction - target) of test, and of train where logged.
+    Returns (png, whether any train residuals were drawn)."""
+    items = []
+    any_train = False
+    for res in _models_with(tables, dataset, lambda r: r.n_ok > 0):
+        runs = _ok_runs(tables, dataset, res.model)
+        test = [tables.data.predictions[r] for r in runs["run_id"] if r in tables.data.predictions]
+        train = [tables.data.train_predictions[r] for r in runs["run_id"] if r in tables.data.train_predictions]
+        if not test:
+            continue
+        res_test = np.concatenate([(f["prediction"] - f["target"]).to_numpy(float) for f in test])
+        res_train = np.concatenate([(f["prediction"] - f["target"]).to_numpy(float) for f in train]) if train else None
+        any_train |= res_train is not None
+        items.append((res, res_test, res_train))
+    if not items:
+        return None, False
+    everything = np.concatenate([np.concatenate([t] + ([r] if r is not None else [])) for _, t, r in items])
+    edges = np.histogram_bin_edges(everything, bins=40)
+
+    def draw():
+        fig, axes = _figure(len(items))
+        for ax, (res, test, train) in zip(axes, items):
+            if train is not None:
+                ax.hist(train, bins=edges, density=True, alpha=0.5, color="C0",
+                        label=f"train (MAE {np.mean(np.abs(train)):.4g})")
+            ax.hist(test, bins=edges, density=True, alpha=0.5, color="C1",
+                    label=f"test (MAE {np.mean(np.abs(test)):.4g})")
+            ax.axvline(0, color="0.3", lw=1)
+            ax.set_title(res.label)
+            ax.set_xlabel(_axis_label(tables, dataset, "prediction − true"))
+            ax.set_ylabel("density")
+            ax.legend(loc="upper right")
+        what = "train and test" if any_train else "test only (train predictions not logged)"
+        fig.suptitle(f"{dataset}: residuals, {what}; all final fits")
+        return fig
+
+    return _styled(draw), any_train
+
+
+def learning_curves(tables: SuiteTables, dataset: str) -> bytes | None:
+    """Train and validation MAE per epoch of every final fit (``epoch_*`` history)."""
+    items = []
+    for res in _models_with(tables, dataset, lambda r: r.n_fits > 0):
+        f = tables.data.finals
+        runs = f[(f["dataset"] == dataset) & (f["model"] == res.model)]
+        curves = [(r["split"], r["seed"], tables.data.histories[r["run_id"]])
+                  for _, r in runs.iterrows() if r["run_id"] in tables.data.histories]
+        if curves:
+            items.append((res, curves))
+    if not items:
+        return None
+
+    def draw():
+        fig, axes = _figure(len(items))
+        for ax, (res, curves) in zip(axes, items):
+            for k, (split, seed, h) in enumerate(curves):
+                color = f"C{k % 10}"
+                ax.plot(h["epoch"], h["train_mae"], color=color, lw=1.2, alpha=0.8,
+                        label=f"{split}/seed {seed} train")
+                ax.plot(h["epoch"], h["val_mae"], color=color, lw=1.2, ls="--", alpha=0.8,
+                        label=f"{split}/seed {seed} val")
+            ax.set_title(f"{res.label} (solid: train, dashed: val)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(_axis_label(tables, dataset, "MAE"))
+            if len(curves) <= 4:
+                ax.legend(fontsize=7)
+        fig.suptitle(f"{dataset}: learning curves of the final fits")
+        return fig
+
+    return _styled(draw)
+
+
+def trial_curves(tables: SuiteTables, dataset: str) -> bytes | None:
+    """Validation MAE per epoch of every search trial; ASHA-stopped trials end early (×)."""
+    t = tables.data.trials
+    items = []
+    for model in tables.models:
+        runs = t[(t["dataset"] == dataset) & (t["model"] == model)]
+        curves = [(r["trial_state"] or "unknown", r["split"], tables.data.trial_curves[r["run_id"]])
+                  for _, r in runs.iterrows() if r["run_id"] in tables.data.trial_curves]
+        if curves:
+            items.append((tables.labels[model], curves, int(len(runs))))
+    if not items:
+        return None
+    values = np.concatenate([c["val_mae"].to_numpy(float) for _, curves, _ in items for _, _, c in curves])
+    values = values[np.isfinite(values) & (values > 0)]
+    log = len(values) > 0 and values.max() / values.min() > 20
+
+    def draw():
+        fig, axes = _figure(len(items))
+        for ax, (label, curves, n_runs) in zip(axes, items):
+            seen = set()
+            for state, split, c in curves:
+                color = STATE_COLORS.get(state, "0.5")
+                name = state if state not in seen else None
+                seen.add(state)
+                ax.plot(c["epoch"], c["val_mae"], color=color, lw=1, alpha=0.7, marker=".", ms=3, label=name)
+                if state == "pruned" and len(c):
+                    ax.plot(c["epoch"].iloc[-1], c["val_mae"].iloc[-1], "x", color=color, ms=6)
+            if log:
+                ax.set_yscale("log")
+            ax.set_title(f"{label}: {n_runs} trials")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(_axis_label(tables, dataset, "val MAE"))
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{dataset}: search trials (× = stopped by ASHA)")
+        return fig
+
+    return _styled(draw)
+
+
+def pareto(tables: SuiteTables, dataset: str) -> bytes | None:
+    """Headline test MAE against compute spent (search + final fits), Pareto front drawn."""
+    items = [r for r in _models_with(tables, dataset, lambda r: r.has_value and finite(r.total_hours) and r.total_hours > 0)]
+    if not items:
+        return None
+    order = sorted(items, key=lambda r: (r.total_hours, r.value))
+    front, best = [], math.inf
+    for r in order:
+        if r.value < best:
+            front.append(r)
+            best = r.value
+
+    def draw():
+        fig, axes = _figure(1, 1)
+        ax = axes[0]
+        fig.set_size_inches(6.4, 4.4)
+        for k, r in enumerate(items):
+            err = r.spread if finite(r.spread) else None
+            ax.errorbar([r.total_hours], [r.value], yerr=None if err is None else [[err], [err]], fmt="o",
+                        color=f"C{k % 10}", capsize=3, label=r.label)
+        ax.step([r.total_hours for r in front], [r.value for r in front], where="post", color="0.4",
+                lw=1, ls="--", label="Pareto front")
+        xs = [r.total_hours for r in items]
+        if max(xs) / min(xs) > 10:
+            ax.set_xscale("log")
+        else:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+            ax.margins(x=0.15)
+        ax.set_xlabel("compute: CPU-h + GPU-h reserved (search + final fits)")
+        ax.set_ylabel(_axis_label(tables, dataset, "test MAE"))
+        ax.set_title(f"{dataset}: MAE vs cost")
+        ax.legend(fontsize=8)
+        return fig
+
+    return _styled(draw)

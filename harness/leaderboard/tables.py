@@ -1,0 +1,520 @@
+"""Numbers behind the pages: headline MAE per (dataset, model) under the suite's protocol,
+ranks, MAD:MAE ratios, pooled vs per-fold CV numbers, costs, paired tests, protocol notes.
+
+Pure functions of a :class:`~harness.leaderboard.store.SuiteData`; no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from harness.leaderboard.store import FAILED, NO_METRIC, OK, RUNNING, SuiteData
+
+# ----------------------------------------------------------------------------- protocols
+# How the headline number of each suite is aggregated (see leaderboards/README.md).
+SEEDS, POOLED, FOLDS = "seeds", "pooled", "folds"
+POOLED_SUITES = {"crabnet28"}  # CV sets: MAE pooled over folds, as the CrabNet paper reports them
+
+PROTOCOLS: dict[str, str] = {
+    "crabnet28": (
+        "The 28 composition benchmarks of CrabNet / L-G-DCNN, read from the `crabnet==2.0.8` wheel. "
+        "18 *extended* sets use their fixed train/val/test split: each model's hyperparameters are "
+        "searched on train/val, the best configuration is refitted with K seeds, and the test MAE "
+        "is the mean ± std over those K fits. 10 matbench-derived sets use CrabNet's own 5-fold "
+        "files: one search per fold (on that fold's train/val only), K final fits per fold, and "
+        "the headline is the MAE **pooled over folds** (all folds' test predictions of one seed "
+        "concatenated), mean ± std over seeds, as the CrabNet paper reports it; the mean ± std "
+        "over folds stands beside it in the cross-validation table."
+    ),
+    "matbench": (
+        "Matbench v0.1 rules: the official 5 folds (KFold n=5, shuffle, random_state 18012019); "
+        "hyperparameters are chosen using only each fold's training data (a random 10% of it is "
+        "the validation set for the search and early stopping; Matbench defines only train/test); "
+        "the headline is the mean ± std over folds of the fold test MAE (each fold's MAE "
+        "averaged over its K final fits). Composition models run on the compositions of all 13 "
+        "tasks (the sweep skips the three classification tasks); structure models where "
+        "structures exist (matbench_phonons)."
+    ),
+    "structures": (
+        "Crystal-structure datasets with DFT targets: a recorded seeded random 80/10/10 split "
+        "(seed 0), hyperparameters searched on train/val, K seeds for the final fits, test MAE "
+        "mean ± std over seeds."
+    ),
+    "jarvis": (
+        "JARVIS-DFT dft_3d properties: a recorded seeded random 80/10/10 split (seed 0), K seeds "
+        "for the final fits, test MAE mean ± std over seeds."
+    ),
+    "custom": (
+        "A user's own dataset: a recorded seeded random 80/10/10 split, K seeds for the final "
+        "fits, test MAE mean ± std over seeds."
+    ),
+}
+
+# Published numbers whose dataset has another name in reference_results.csv, and what differs.
+REFERENCE_ALIASES: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("structures", "mp_2018_subset:formation_energy_per_atom"): (
+        "mp_2018", "formation_energy_per_atom",
+        "published mp_2018 numbers are for the full MP 2018.6.1 set (69,239 structures, "
+        "60000/5000/4239 split); ours is a 36,737-structure subset with a random 80/10/10 split"),
+    ("structures", "mp_2018_subset:band_gap"): (
+        "mp_2018", "band_gap",
+        "published mp_2018 numbers are for the full MP 2018.6.1 set (69,239 structures, "
+        "60000/5000/4239 split); ours is a 36,737-structure subset with a random 80/10/10 split"),
+    ("crabnet28", "OQMD_Formation_Enthalpy"): (
+        "oqmd", "formation_enthalpy",
+        "IRNet's published OQMD number uses another OQMD snapshot and composition + structure "
+        "attributes"),
+}
+
+SOURCE_NOTES = {
+    "L-G-DCNN preprint 2024-07-08, Fig. 4": "read off a bar chart (about 2 significant digits)",
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+def finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def mean_std(values) -> tuple[float, float]:
+    values = [float(v) for v in values]
+    if not values:
+        return math.nan, math.nan
+    mean = float(np.mean(values))
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    return mean, std
+
+
+def mad(targets: np.ndarray) -> float:
+    """Mean absolute deviation of ``targets`` about their mean."""
+    targets = np.asarray(targets, dtype=float)
+    return float(np.mean(np.abs(targets - targets.mean()))) if len(targets) else math.nan
+
+
+def fold_number(split: str) -> int | None:
+    return int(split[4:]) if split.startswith("fold") and split[4:].isdigit() else None
+
+
+def n_folds_of(scheme: str) -> int | None:
+    """5 for "5-fold CV (...)" schemes."""
+    head = scheme.split("-fold", 1)[0].strip()
+    return int(head) if "-fold" in scheme and head.isdigit() else None
+
+
+def paper_epochs(model: str) -> int | None:
+    """Epochs of the model's published training recipe, if the registry knows them."""
+    try:
+        from harness.models import get_model
+
+        epochs = get_model(model).train_defaults.get("epochs")
+    except Exception:  # a model of another version of the harness: no recipe to compare
+        return None
+    return int(epochs) if epochs else None
+
+
+# ----------------------------------------------------------------------------- per pair
+@dataclass
+class PairResult:
+    dataset: str
+    model: str
+    label: str
+    sweep_id: str
+    n_fits: int = 0
+    n_ok: int = 0
+    n_failed: int = 0
+    n_no_metric: int = 0
+    n_running: int = 0
+    aggregate: str = SEEDS
+    value: float = math.nan  # the headline MAE
+    spread: float = math.nan  # its std (over seeds, or over folds)
+    n_units: int = 0  # how many numbers the mean is over
+    over: str = ""  # what the mean is over, in words
+    mean_folds: float = math.nan
+    std_folds: float = math.nan
+    fold_mae: dict[str, float] = field(default_factory=dict)
+    pooled: float = math.nan
+    pooled_std: float = math.nan
+    pooled_seeds: int = 0
+    pooled_note: str = ""
+    splits: list[str] = field(default_factory=list)
+    ok_splits: list[str] = field(default_factory=list)
+    seeds: list[str] = field(default_factory=list)
+    no_final_reason: str = ""
+    rank: float = math.nan
+    mad_mae: float = math.nan
+    # cost
+    params: list[float] = field(default_factory=list)
+    trials: dict[str, int] = field(default_factory=dict)
+    search_epochs: float = math.nan
+    final_epochs: float = math.nan
+    search_cpu_h: float = math.nan
+    search_gpu_h: float = math.nan
+    final_cpu_h: float = math.nan
+    final_gpu_h: float = math.nan
+    cost_notes: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # shown in the cell beside the number
+    max_epochs: str = ""
+    num_samples: str = ""
+    subsample: str = ""
+    data_rows: str = ""
+    hardware: list[str] = field(default_factory=list)
+    git_commits: list[str] = field(default_factory=list)
+
+    @property
+    def has_value(self) -> bool:
+        return finite(self.value)
+
+    @property
+    def total_hours(self) -> float:
+        parts = [self.search_cpu_h, self.search_gpu_h, self.final_cpu_h, self.final_gpu_h]
+        known = [p for p in parts if finite(p)]
+        return float(sum(known)) if known else math.nan
+
+    def problems(self) -> str:
+        """What went wrong with the final fits, e.g. ``failed (1/3 fits)``; empty if nothing."""
+        out = []
+        for count, what in ((self.n_failed, FAILED), (self.n_no_metric, NO_METRIC), (self.n_running, RUNNING)):
+            if count:
+                out.append(f"{what} ({count}/{self.n_fits} fits)")
+        return "; ".join(out + self.flags)
+
+
+def _search_reason(searches: pd.DataFrame) -> str:
+    if searches.empty:
+        return "no final runs"
+    notes = sorted({s for s in searches["final_status"] if s})
+    if notes:
+        return "no final runs (" + "; ".join(notes) + ")"
+    if (searches["status"] == "RUNNING").any():
+        return "no final runs (search not finished)"
+    if searches["status"].isin(["FAILED", "KILLED"]).any():
+        return "no final runs (search failed)"
+    return "no final runs"
+
+
+def _resources(searches: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """search run id -> (cpus_per_trial, gpus_per_trial)."""
+    out = {}
+    for _, row in searches.iterrows():
+        params = row["params"]
+        out[row["run_id"]] = (float(params.get("cpus_per_trial", "nan")), float(params.get("gpus_per_trial", "nan")))
+    return out
+
+
+def pooled_per_seed(finals: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> dict[str, float] | None:
+    """seed -> MAE over the concatenated test predictions of that seed's folds (None if any
+    prediction file is missing)."""
+    out = {}
+    for seed, group in finals.groupby("seed", sort=True):
+        frames = [predictions.get(r) for r in group["run_id"]]
+        if any(f is None for f in frames):
+            return None
+        both = pd.concat(frames, ignore_index=True)
+        out[seed] = float(np.mean(np.abs(both["prediction"].to_numpy(float) - both["target"].to_numpy(float))))
+    return out
+
+
+def pair_result(data: SuiteData, dataset: str, model: str) -> PairResult:
+    pair = data.pairs[(data.pairs["dataset"] == dataset) & (data.pairs["model"] == model)].iloc[0]
+    res = PairResult(dataset, model, pair["model_label"], pair["sweep_id"])
+    sel = lambda frame: frame[(frame["dataset"] == dataset) & (frame["model"] == model)]  # noqa: E731
+    finals, searches, trials = sel(data.finals), sel(data.searches), sel(data.trials)
+    first = finals if not finals.empty else searches if not searches.empty else trials
+    if not first.empty:
+        row = first.iloc[0]
+        res.max_epochs, res.num_samples = row["max_epochs"], row["num_samples"]
+        res.subsample, res.data_rows = row["subsample"], row["data_rows"]
+    res.n_fits = len(finals)
+    states = finals["state"].tolist() if not finals.empty else []
+    res.n_ok, res.n_failed = states.count(OK), states.count(FAILED)
+    res.n_no_metric, res.n_running = states.count(NO_METRIC), states.count(RUNNING)
+    res.splits = sorted(set(finals["split"]), key=lambda s: (fold_number(s) is not None, fold_number(s) or 0, s))
+    if finals.empty:
+        res.no_final_reason = _search_reason(searches)
+    ok = finals[finals["state"] == OK]
+    res.ok_splits = [s for s in res.splits if s in set(ok["split"])]
+    res.seeds = sorted(set(ok["seed"]), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    cv = any(fold_number(s) is not None for s in res.splits)
+    if not ok.empty:
+        for split, group in ok.groupby("split", sort=False):
+            res.fold_mae[split] = float(group["test_mae"].mean())
+        res.fold_mae = {s: res.fold_mae[s] for s in res.ok_splits}
+        if cv:
+            res.mean_folds, res.std_folds = mean_std(res.fold_mae.values())
+            per_seed = pooled_per_seed(ok, data.predictions)
+            if per_seed is None:
+                res.pooled_note = "test predictions missing for some fits"
+            else:
+                res.pooled, res.pooled_std = mean_std(per_seed.values())
+                res.pooled_seeds = len(per_seed)
+        n_seeds = len(res.seeds)
+        folds_text = f"{len(res.ok_splits)} fold{'s' if len(res.ok_splits) != 1 else ''}"
+        if not cv:
+            res.aggregate = SEEDS
+            res.value, res.spread = mean_std(ok["test_mae"])
+            res.n_units = len(ok)
+            res.over = f"{len(ok)} seed{'s' if len(ok) != 1 else ''}"
+        elif data.suite in POOLED_SUITES and finite(res.pooled):
+            res.aggregate = POOLED
+            res.value, res.spread, res.n_units = res.pooled, res.pooled_std, res.pooled_seeds
+            res.over = f"{folds_text} pooled, {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+        else:
+            res.aggregate = FOLDS
+            res.value, res.spread, res.n_units = res.mean_folds, res.std_folds, len(res.fold_mae)
+            res.over = f"{folds_text} × {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+            if data.suite in POOLED_SUITES:
+                res.over += f" (not pooled: {res.pooled_note})"
+    # --- cost
+    res.params = sorted({float(m["n_params"]) for m in finals["metrics"] if finite(m.get("n_params"))})
+    counts: dict[str, int] = {}
+    for state in trials["trial_state"] if not trials.empty else []:
+        counts[state or "unknown"] = counts.get(state or "unknown", 0) + 1
+    res.trials = counts
+    resources = _resources(searches)
+    epochs = [e for e in trials["epochs"] if finite(e)] if not trials.empty else []
+    res.search_epochs = float(sum(epochs)) if epochs else math.nan
+    if len(epochs) < len(trials):
+        res.cost_notes.append(f"{len(trials) - len(epochs)} trial(s) without an epoch count")
+    cpu, gpu, unknown = 0.0, 0.0, 0
+    for _, t in trials.iterrows():
+        cpus, gpus = resources.get(t["parent_run_id"], (math.nan, math.nan))
+        if t["end_time"] is None or t["start_time"] is None or not finite(t["end_time"]) or not finite(cpus):
+            unknown += 1
+            continue
+        hours = (float(t["end_time"]) - float(t["start_time"])) / 3.6e6
+        cpu += hours * cpus
+        gpu += hours * (gpus if finite(gpus) else 0.0)
+    if len(trials):
+        if unknown < len(trials):
+            res.search_cpu_h, res.search_gpu_h = cpu, gpu
+        if unknown:
+            res.cost_notes.append(f"{unknown} trial(s) without an end time or resources: not counted")
+    final_epochs = [float(m["epochs_run"]) for m in finals["metrics"] if finite(m.get("epochs_run"))]
+    res.final_epochs = float(sum(final_epochs)) if final_epochs else math.nan
+    cpu, gpu, known = 0.0, 0.0, 0
+    for _, f in finals.iterrows():
+        seconds = f["metrics"].get("fit_seconds")
+        cpus, gpus = resources.get(f["parent_run_id"], (math.nan, math.nan))
+        if finite(seconds) and finite(cpus):
+            cpu += float(seconds) / 3600 * cpus
+            gpu += float(seconds) / 3600 * (gpus if finite(gpus) else 0.0)
+            known += 1
+    if known:
+        res.final_cpu_h, res.final_gpu_h = cpu, gpu
+    if known < len(finals):
+        res.cost_notes.append(f"{len(finals) - known} final fit(s) without fit_seconds: not counted")
+    res.hardware = sorted({h for h in finals["hardware"] if h})
+    res.git_commits = sorted({c for c in pd.concat([finals["git_commit"], searches["git_commit"]]) if c})
+    return res
+
+
+# ----------------------------------------------------------------------------- per suite
+@dataclass
+class Significance:
+    dataset: str
+    best: str = ""
+    second: str = ""
+    test: str = ""  # what was paired
+    n: int = 0
+    statistic: float = math.nan
+    p_value: float = math.nan
+    text: str = "—"
+
+
+@dataclass
+class SuiteTables:
+    data: SuiteData
+    results: dict[tuple[str, str], PairResult]
+    mad: dict[str, float]
+    n_test: dict[str, int]
+    significance: dict[str, Significance]
+    published: pd.DataFrame  # dataset, model (label), metric, value, source, note
+    notes: dict[str, list[str]]  # dataset -> protocol differences
+    info: dict[str, dict]  # dataset -> unit, target, split scheme, rows, sha
+    average_rank: dict[str, tuple[float, int]]
+
+    @property
+    def datasets(self) -> list[str]:
+        return self.data.datasets
+
+    @property
+    def models(self) -> list[str]:
+        return self.data.models
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.data.labels
+
+    def get(self, dataset: str, model: str) -> PairResult | None:
+        return self.results.get((dataset, model))
+
+    @property
+    def published_labels(self) -> list[str]:
+        return sorted(self.published["model"].unique(), key=str.lower) if not self.published.empty else []
+
+
+def per_sample_errors(finals: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> pd.Series | None:
+    """Test id -> absolute error averaged over the model's successful fits (seeds); None if a
+    prediction file is missing."""
+    ok = finals[finals["state"] == OK]
+    frames = []
+    for run_id in ok["run_id"]:
+        frame = predictions.get(run_id)
+        if frame is None:
+            return None
+        frames.append(pd.DataFrame({"id": frame["id"].astype(str),
+                                    "err": np.abs(frame["prediction"].to_numpy(float) - frame["target"].to_numpy(float))}))
+    if not frames:
+        return None
+    return pd.concat(frames, ignore_index=True).groupby("id", sort=True)["err"].mean()
+
+
+def significance(data: SuiteData, dataset: str, ranked: list[PairResult]) -> Significance:
+    """Paired Wilcoxon signed-rank test between the two best models of ``dataset``."""
+    from scipy.stats import wilcoxon
+
+    sig = Significance(dataset)
+    if len(ranked) < 2:
+        sig.text = "only one model" if ranked else "—"
+        return sig
+    a, b = ranked[0], ranked[1]
+    sig.best, sig.second = a.model, b.model
+    sel = lambda m: data.finals[(data.finals["dataset"] == dataset) & (data.finals["model"] == m)]  # noqa: E731
+    ea, eb = per_sample_errors(sel(a.model), data.predictions), per_sample_errors(sel(b.model), data.predictions)
+    if ea is not None and eb is not None:
+        common = ea.index.intersection(eb.index).sort_values()
+        x, y = ea.loc[common].to_numpy(), eb.loc[common].to_numpy()
+        sig.test, unit = "per-sample |error| on common test ids", "test samples"
+    else:  # pair the fits by (split, seed)
+        fa = sel(a.model)
+        fb = sel(b.model)
+        fa = fa[fa["state"] == OK].set_index(["split", "seed"])["test_mae"]
+        fb = fb[fb["state"] == OK].set_index(["split", "seed"])["test_mae"]
+        common = fa.index.intersection(fb.index).sort_values()
+        x, y = fa.loc[common].to_numpy(), fb.loc[common].to_numpy()
+        sig.test, unit = "test MAE of fits paired by (split, seed)", "paired fits"
+    sig.n = len(x)
+    head = f"{a.label} vs {b.label}"
+    if sig.n == 0:
+        sig.text = f"{head}: no common test samples"
+        return sig
+    if np.all(x == y):
+        sig.text = f"{head}: identical errors (n = {sig.n} {unit})"
+        return sig
+    result = wilcoxon(x, y)
+    sig.statistic, sig.p_value = float(result.statistic), float(result.pvalue)
+    verdict = "significant" if sig.p_value < 0.05 else "not significant"
+    sig.text = f"{head}: p = {sig.p_value:.2g}, {verdict} at 5% (Wilcoxon, n = {sig.n} {unit})"
+    return sig
+
+
+def published_numbers(suite: str, datasets: list[str], reference: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    ref = reference[reference["metric"].isin(["mae_test", "mae_test_mean_folds"])]
+    for dataset in datasets:
+        alias = REFERENCE_ALIASES.get((suite, dataset))
+        ref_suite, ref_name, note = alias if alias else (suite, dataset, "")
+        hits = ref[(ref["suite"] == ref_suite) & (ref["dataset"] == ref_name)]
+        for _, hit in hits.iterrows():
+            rows.append({"dataset": dataset, "model": str(hit["model"]), "metric": hit["metric"],
+                         "value": float(hit["value"]), "source": hit["source"],
+                         "note": "; ".join(n for n in (note, SOURCE_NOTES.get(hit["source"], "")) if n)})
+    frame = pd.DataFrame(rows, columns=["dataset", "model", "metric", "value", "source", "note"])
+    # one number per (dataset, model): the first listed
+    return frame.drop_duplicates(["dataset", "model"]).reset_index(drop=True)
+
+
+def _dataset_info(data: SuiteData, dataset: str) -> dict:
+    rows = pd.concat([data.finals[data.finals["dataset"] == dataset], data.searches[data.searches["dataset"] == dataset]])
+    pick = lambda col: next((v for v in rows[col] if v), "")  # noqa: E731
+    return {"unit": pick("unit"), "target": pick("target"), "split_scheme": pick("split_scheme"),
+            "rows": pick("data_rows"), "subsample": pick("subsample"), "sha256": pick("data_sha256"),
+            "dropped": pick("data_dropped"), "input_kinds": sorted({k for k in rows["input_kind"] if k})}
+
+
+def protocol_notes(suite: str, dataset: str, info: dict, results: list[PairResult], published: pd.DataFrame) -> list[str]:
+    """Where this run's protocol differs from the published one (and from the suite's)."""
+    notes = []
+    subs = sorted({r.subsample for r in results if r.subsample})
+    if subs:
+        notes.append(f"seeded random subsample of {', '.join(subs)} rows (published: all rows)")
+    elif info.get("dropped") not in ("", "0", None):
+        notes.append(f"{info['dropped']} invalid rows dropped")
+    by_epochs: dict[tuple[str, int], list[str]] = {}
+    for r in results:
+        paper = paper_epochs(r.model)
+        if paper and r.max_epochs.isdigit() and int(r.max_epochs) < paper:
+            by_epochs.setdefault((r.max_epochs, paper), []).append(r.label)
+    for (mine, paper), labels in sorted(by_epochs.items()):
+        notes.append(f"at most {mine} epochs per fit, the paper's recipe trains {paper} ({', '.join(labels)})")
+    k = n_folds_of(info.get("split_scheme", ""))
+    if k:
+        covered = sorted({s for r in results for s in r.ok_splits}, key=lambda s: fold_number(s) or 0)
+        if covered and len(covered) < k:
+            notes.append(f"folds {', '.join(str(fold_number(s)) for s in covered)} of {k} only")
+    for note in sorted({n for n in published.get("note", []) if n}):
+        notes.append(note)
+    return notes
+
+
+def build_tables(data: SuiteData, reference: pd.DataFrame) -> SuiteTables:
+    from scipy.stats import rankdata
+
+    results: dict[tuple[str, str], PairResult] = {}
+    for _, pair in data.pairs.iterrows():
+        results[(pair["dataset"], pair["model"])] = pair_result(data, pair["dataset"], pair["model"])
+    mads, n_test, sigs, notes, info = {}, {}, {}, {}, {}
+    published = published_numbers(data.suite, data.datasets, reference)
+    for dataset in data.datasets:
+        info[dataset] = _dataset_info(data, dataset)
+        ok = data.finals[(data.finals["dataset"] == dataset) & (data.finals["state"] == OK)]
+        frames = [data.predictions[r] for r in ok["run_id"] if r in data.predictions]
+        if frames:
+            targets = pd.concat(frames, ignore_index=True).drop_duplicates("id")
+            mads[dataset], n_test[dataset] = mad(targets["target"].to_numpy(float)), len(targets)
+        else:
+            mads[dataset], n_test[dataset] = math.nan, 0
+        here = [r for (d, _), r in results.items() if d == dataset]
+        # a model with results on fewer folds than another is not on equal terms: say so in its cell
+        k = n_folds_of(info[dataset]["split_scheme"])
+        coverage = max((len(r.ok_splits) for r in here), default=0)
+        for r in here:
+            if r.has_value and k and len(r.ok_splits) < coverage:
+                r.flags.append(f"{len(r.ok_splits)} of {k} folds: "
+                               + ", ".join(str(fold_number(s)) for s in r.ok_splits))
+        valued = sorted([r for r in here if r.has_value], key=lambda r: (r.value, r.label.lower()))
+        if valued:
+            ranks = rankdata([r.value for r in valued], method="average")
+            for r, rank in zip(valued, ranks):
+                r.rank = float(rank)
+                if finite(mads[dataset]) and r.value > 0:
+                    r.mad_mae = mads[dataset] / r.value
+        sigs[dataset] = significance(data, dataset, valued)
+        notes[dataset] = protocol_notes(data.suite, dataset, info[dataset], here,
+                                        published[published["dataset"] == dataset])
+    average_rank = {}
+    for model in data.models:
+        ranks = [r.rank for (d, m), r in results.items() if m == model and finite(r.rank)]
+        average_rank[model] = (float(np.mean(ranks)) if ranks else math.nan, len(ranks))
+    return SuiteTables(data, results, mads, n_test, sigs, published, notes, info, average_rank)
+
+
+def params_of(run_params: dict) -> dict:
+    """The chosen hyperparameters of a final run (``model_params.*``, ``train_params.*``), parsed."""
+    out = {}
+    for key in sorted(run_params):
+        if key.startswith(("model_params.", "train_params.")):
+            text = run_params[key]
+            try:
+                out[key] = json.loads(text)
+            except (TypeError, ValueError):
+                out[key] = text
+    return out

@@ -1,0 +1,452 @@
+"""Leaderboards from a real MLflow store.
+
+Golden test: one module-scoped REAL short sweep (CrabNet + HotCrab, steels_yield from the
+crabnet28 wheel, CV folds 0 and 1, 2 trials, 2 epochs, 2 final seeds, 150 rows); the pages
+must show exactly the numbers recomputed here straight from MLflow (metrics, tags, run times,
+the ``predictions_test.csv`` artifacts). Then a copy of that store with a final run missing
+its metric, failed final runs and a dataset without final runs; and a synthetic matbench
+store (real official folds, made-up predictions) for the Matbench submission file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy.stats import wilcoxon
+
+from harness.leaderboard.build import write_all, write_leaderboard
+from harness.tuning.tracking import default_tracking_uri, prepare_store
+
+DATASET = "steels_yield"
+SUITE = "crabnet28"
+LABELS = {"crabnet": "CrabNet", "hotcrab": "HotCrab"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.slow
+
+
+# ----------------------------------------------------------------------------- helpers
+def parse_tables(text: str) -> dict[str, list[list[dict[str, str]]]]:
+    """Markdown -> {section heading: [tables]}, each table a list of {column: cell} rows."""
+    out: dict[str, list] = {}
+    section, lines = "", text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            section = line.lstrip("#").strip()
+        if line.startswith("| ") and i + 1 < len(lines) and re.fullmatch(r"\|(-+:?\|)+", lines[i + 1]):
+            header = _cells(line)
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(dict(zip(header, _cells(lines[i]))))
+                i += 1
+            out.setdefault(section, []).append(rows)
+            continue
+        i += 1
+    return out
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+
+
+def plain(cell: str) -> str:
+    return cell.strip().strip("*").strip()
+
+
+def number(cell: str) -> float:
+    return float(plain(cell).replace(",", ""))
+
+
+def mean_pm(cell: str) -> tuple[float, float]:
+    head = plain(cell).split(" (")[0]
+    mean, std = head.split("±")
+    return float(mean), float(std)
+
+
+def row_of(rows: list[dict], key: str, value: str) -> dict:
+    hits = [r for r in rows if plain(r[key]) == value]
+    assert len(hits) == 1, (key, value, rows)
+    return hits[0]
+
+
+def approx_shown(shown: float, exact: float, digits: int) -> None:
+    """``shown`` is ``exact`` printed with ``digits`` significant digits."""
+    assert float(f"{exact:.{digits}g}") == pytest.approx(shown, rel=1e-12, abs=1e-12), (shown, exact)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _all_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=5000)
+
+
+# ----------------------------------------------------------------------------- the real sweep
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A real sweep's MLflow store, and what MLflow holds, read here without harness code."""
+    from harness.tuning.sweep import SweepOptions, run_sweep
+
+    workdir = tmp_path_factory.mktemp("lb_sweep")
+    with pytest.MonkeyPatch.context() as mp:
+        # a fresh local Ray, never a cluster some other process left registered on this machine
+        mp.setenv("RAY_ADDRESS", "local")
+        run_sweep(SweepOptions(
+            models=["crabnet", "hotcrab"], datasets=[DATASET], folds=[0, 1], num_samples=2, max_epochs=2,
+            final_seeds=2, subsample=150, workdir=workdir, space_dir=Path("tests/spaces"), seed=0,
+        ))
+    uri = default_tracking_uri(workdir)
+    client = MlflowClient(uri)
+    runs = _all_runs(uri)
+    preds = {}
+    dl = tmp_path_factory.mktemp("lb_artifacts")
+    for run in runs:
+        if run.data.tags.get("stage") == "final":
+            path = client.download_artifacts(run.info.run_id, "predictions_test.csv", str(dl / run.info.run_id))
+            preds[run.info.run_id] = pd.read_csv(path, dtype={"id": str})
+    out = tmp_path_factory.mktemp("lb_out")
+    page = write_leaderboard(SUITE, uri, out)
+    return {"workdir": workdir, "uri": uri, "runs": runs, "preds": preds, "out": out, "page": page}
+
+
+def _finals(store, model):
+    return [r for r in store["runs"] if r.data.tags.get("stage") == "final" and r.data.tags["model"] == model]
+
+
+def expected(store, model) -> dict:
+    """The numbers a page must show for (steels_yield, model), computed from MLflow directly."""
+    finals = _finals(store, model)
+    assert len(finals) == 4 and all(r.info.status == "FINISHED" for r in finals)
+    by_seed: dict[str, list] = {}
+    by_fold: dict[str, list] = {}
+    for r in finals:
+        by_seed.setdefault(r.data.tags["seed"], []).append(store["preds"][r.info.run_id])
+        by_fold.setdefault(r.data.tags["split"], []).append(r.data.metrics["test_mae"])
+    pooled = [float(np.mean(np.abs(pd.concat(f)["prediction"] - pd.concat(f)["target"]))) for _, f in sorted(by_seed.items())]
+    folds = {k: float(np.mean(v)) for k, v in sorted(by_fold.items())}
+    errors = pd.concat([pd.DataFrame({"id": p["id"], "err": np.abs(p["prediction"] - p["target"])})
+                        for p in (store["preds"][r.info.run_id] for r in finals)]).groupby("id")["err"].mean()
+    trials = [r for r in store["runs"] if r.data.tags.get("stage") == "trial" and r.data.tags["model"] == model]
+    searches = {r.info.run_id: r for r in store["runs"] if r.data.tags.get("stage") == "search"}
+    cpu_h = sum((t.info.end_time - t.info.start_time) / 3.6e6
+                * float(searches[t.data.tags["mlflow.parentRunId"]].data.params["cpus_per_trial"]) for t in trials)
+    final_cpu_h = sum(r.data.metrics["fit_seconds"] / 3600
+                      * float(searches[r.data.tags["mlflow.parentRunId"]].data.params["cpus_per_trial"]) for r in finals)
+    states = [t.data.tags["trial_state"] for t in trials]
+    return {
+        "pooled": (float(np.mean(pooled)), float(np.std(pooled, ddof=1))),
+        "folds": (float(np.mean(list(folds.values()))), float(np.std(list(folds.values()), ddof=1))),
+        "fold_mae": folds,
+        "errors": errors,
+        "trials": f"{states.count('completed')} / {states.count('pruned')} / {states.count('failed')}",
+        "search_cpu_h": cpu_h,
+        "final_cpu_h": final_cpu_h,
+        "search_epochs": sum(t.data.metrics["epoch"] for t in trials),
+        "final_epochs": sum(r.data.metrics["epochs_run"] for r in finals),
+        "params": sorted({int(r.data.metrics["n_params"]) for r in finals}),
+        "targets": pd.concat(store["preds"][r.info.run_id] for r in finals).drop_duplicates("id")["target"],
+    }
+
+
+# ----------------------------------------------------------------------------- golden
+def test_suite_page_shows_exactly_the_numbers_in_mlflow(store):
+    text = store["page"].read_text()
+    tables = parse_tables(text)
+    main = row_of(tables["Test MAE"][0], "dataset", DATASET)
+    exp = {m: expected(store, m) for m in LABELS}
+    for model, label in LABELS.items():
+        mean, std = mean_pm(main[label])
+        approx_shown(mean, exp[model]["pooled"][0], 4)
+        approx_shown(std, exp[model]["pooled"][1], 2)
+    assert main["over"] == "2 folds pooled, 2 seeds"
+    # the published number stands beside ours, marked as such
+    assert number(main["CrabNet (published)"]) == pytest.approx(91.75, abs=0.01)
+    # bold = the best measured number; ranks follow the means
+    best = min(LABELS, key=lambda m: exp[m]["pooled"][0])
+    other = next(m for m in LABELS if m != best)
+    assert main[LABELS[best]].startswith("**") and not main[LABELS[other]].startswith("**")
+    ranks = row_of(tables["Rank"][0], "dataset", DATASET)
+    assert number(ranks[LABELS[best]]) == 1 and number(ranks[LABELS[other]]) == 2
+    average = row_of(tables["Rank"][0], "dataset", "average rank")
+    assert plain(average[LABELS[best]].split(" (")[0]) == "1.00"
+    # paired Wilcoxon test on per-sample errors of the two
+    ea, eb = exp[best]["errors"], exp[other]["errors"]
+    common = ea.index.intersection(eb.index)
+    p = wilcoxon(ea.loc[common].to_numpy(), eb.loc[common].to_numpy()).pvalue
+    sig = main["best two: paired test"]
+    assert sig.startswith(f"{LABELS[best]} vs {LABELS[other]}: p = {p:.2g}") and f"n = {len(common)} test samples" in sig
+    # MAD:MAE
+    targets = exp[best]["targets"].to_numpy()
+    mad = float(np.mean(np.abs(targets - targets.mean())))
+    mad_row = row_of(tables["MAD:MAE"][0], "dataset", DATASET)
+    approx_shown(number(mad_row["MAD of test targets"]), mad, 4)
+    for model, label in LABELS.items():
+        approx_shown(number(mad_row[label]), mad / exp[model]["pooled"][0], 3)
+    # CV table: pooled beside mean ± std over folds, and each fold's MAE
+    cv = tables["Cross-validation: pooled and per fold"][0]
+    for model, label in LABELS.items():
+        row = row_of(cv, "model", label)
+        approx_shown(mean_pm(row["mean ± std over folds"])[0], exp[model]["folds"][0], 4)
+        approx_shown(mean_pm(row["mean ± std over folds"])[1], exp[model]["folds"][1], 2)
+        approx_shown(mean_pm(row["pooled MAE"])[0], exp[model]["pooled"][0], 4)
+        shown = dict(part.split(": ") for part in row["per-fold MAE"].split(", "))
+        for fold, value in exp[model]["fold_mae"].items():
+            approx_shown(float(shown[fold]), value, 4)
+    # budget and cost, per (dataset, model)
+    for model, label in LABELS.items():
+        assert any(line.startswith(f"| {DATASET} | {label} |") for line in text.splitlines())
+        row = next(r for r in tables["Budget"][0] if plain(r["dataset"]) == DATASET and plain(r["model"]) == label)
+        e = exp[model]
+        assert row["trials (completed / pruned / failed)"] == e["trials"]
+        assert row["final fits"] == "4 of 4" and row["subsample"] == "150" and row["max epochs"] == "2"
+        assert number(row["epochs (search)"]) == e["search_epochs"]
+        assert number(row["epochs (final)"]) == e["final_epochs"]
+        approx_shown(number(row["search CPU-h"]), e["search_cpu_h"], 3)
+        approx_shown(number(row["final CPU-h"]), e["final_cpu_h"], 3)
+        assert row["search GPU-h"] == "0" and row["final GPU-h"] == "0"
+        shown_params = [int(x.replace(",", "")) for x in row["parameters"].split("–")]
+        assert shown_params == [e["params"][0], e["params"][-1]][: len(shown_params)] and len(shown_params) == min(2, len(e["params"]))
+    # protocol differences are stated
+    notes = main["differs from the published protocol"]
+    assert "subsample of 150 rows" in notes and "at most 2 epochs" in notes and "folds 0, 1 of 5" in notes
+
+
+def test_csv_export_holds_the_table_numbers(store):
+    results = pd.read_csv(store["out"] / SUITE / "results.csv")
+    for model in LABELS:
+        row = results[(results["kind"] == "measured") & (results["model"] == model)].iloc[0]
+        e = expected(store, model)
+        assert row["mae"] == pytest.approx(e["pooled"][0], rel=1e-12)
+        assert row["mae_std"] == pytest.approx(e["pooled"][1], rel=1e-12)
+        assert row["mean_folds"] == pytest.approx(e["folds"][0], rel=1e-12)
+        assert row["search_cpu_h"] == pytest.approx(e["search_cpu_h"], rel=1e-9)
+        assert row["fits_ok"] == 4 and row["fits_failed"] == 0
+    assert (results["kind"] == "published").any()
+    fits = pd.read_csv(store["out"] / SUITE / "fits.csv")
+    by_run = {r.info.run_id: r for r in store["runs"]}
+    assert len(fits) == 8
+    for _, f in fits.iterrows():
+        assert f["test_mae"] == pytest.approx(by_run[f["run_id"]].data.metrics["test_mae"], rel=1e-12)
+
+
+def test_dataset_page_has_valid_plots(store):
+    page = store["out"] / SUITE / f"{DATASET}.md"
+    text = page.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    names = {Path(link).name for link in links}
+    assert names == {"parity.png", "residuals.png", "learning_curves.png", "trial_curves.png", "pareto.png"}
+    for link in links:
+        png = (page.parent / link).read_bytes()
+        assert png.startswith(PNG_SIGNATURE) and len(png) > 5_000, link
+        assert b"Software" not in png and b"tIME" not in png  # nothing that varies between runs
+    # train predictions are not logged by the sweep: the page says so instead of hiding it
+    assert "Train residuals are not shown" in text
+    # every final fit is listed with its MLflow metric
+    fits = parse_tables(text)["Final fits"][0]
+    assert len(fits) == 8
+    by_run = {r.info.run_id: r for r in store["runs"]}
+    for row in fits:
+        approx_shown(number(row["test MAE"]), by_run[row["MLflow run"].strip("`")].data.metrics["test_mae"], 4)
+
+
+def test_regeneration_is_byte_identical_and_atomic(store, tmp_path):
+    (store["out"] / SUITE / "stale.png").write_bytes(b"old")
+    again = tmp_path / "again"
+    write_leaderboard(SUITE, store["uri"], again)
+    write_leaderboard(SUITE, store["uri"], store["out"])  # in place, over the first tree
+    first, second = tree_bytes(store["out"]), tree_bytes(again)
+    assert first.keys() == second.keys()
+    assert [k for k in first if first[k] != second[k]] == []
+    assert "crabnet28/stale.png" not in first  # files the new tree does not hold are removed
+    assert not [p for p in store["out"].iterdir() if p.name.startswith(".")]  # no temporary tree left
+    assert "README.md" in first and "crabnet28.md" in first
+
+
+def test_readme_has_index_protocols_and_the_command(store):
+    text = (store["out"] / "README.md").read_text()
+    index = row_of(parse_tables(text)["Index"][0], "suite", "[crabnet28](crabnet28.md)")
+    assert index["final fits with a test MAE"] == "8 of 8"
+    for suite in ("crabnet28", "matbench", "structures"):
+        assert f"### `{suite}`" in text
+    assert "--models crabnet,hotcrab --datasets steels_yield --num-samples 2 --max-epochs 2" in text
+    assert "--folds 0,1" in text and "--subsample 150" in text
+
+
+# ----------------------------------------------------------------------------- degraded store
+@pytest.fixture(scope="module")
+def degraded(store, tmp_path_factory):
+    """A copy of the store plus: a final run without test_mae, failed final runs, and a
+    dataset whose search never reached final runs."""
+    copy = tmp_path_factory.mktemp("lb_degraded")
+    shutil.copy(store["workdir"] / "mlflow.db", copy / "mlflow.db")
+    uri = default_tracking_uri(copy)
+    client = MlflowClient(uri)
+    base = next(r for r in store["runs"] if r.data.tags.get("stage") == "final" and r.data.tags["model"] == "crabnet")
+    exp_id = base.info.experiment_id
+    keep = {k: v for k, v in base.data.tags.items() if not k.startswith("mlflow.")}
+
+    def run(stage, status, metrics=None, **tags):
+        r = client.create_run(exp_id, tags={**keep, "stage": stage, **tags})
+        for k, v in (metrics or {}).items():
+            client.log_metric(r.info.run_id, k, v)
+        client.set_terminated(r.info.run_id, status)
+        return r.info.run_id
+
+    # (a) steels_yield/CrabNet: one more fit of the same sweep, finished but without test_mae
+    run("final", "FINISHED", {"train_mae": 1.0}, split="fold0", seed="2",
+        **{"mlflow.parentRunId": base.data.tags["mlflow.parentRunId"]})
+    # (b) expt_gap/CrabNet: both final fits failed
+    new = {"sweep_id": "29990101-000000-aaaaaa", "subsample": "", "data_subsample": ""}
+    parent = run("search", "FINISHED", {"trials_completed": 1}, dataset="expt_gap", **new, split="fold0")
+    for seed in ("0", "1"):
+        run("final", "FAILED", dataset="expt_gap", split="fold0", seed=seed, error="boom",
+            **new, **{"mlflow.parentRunId": parent})
+    # (c) jdft2d/HotCrab: a finished final fit whose metric never reached the store
+    run("final", "FINISHED", {}, dataset="jdft2d", model="hotcrab", model_label="HotCrab", split="fold0", seed="0", **new)
+    # (d) castelli/CrabNet: the search ended without a completed trial, so no final runs
+    parent = run("search", "FAILED", {"trials_failed": 1}, dataset="castelli", split="fold0",
+                 final_status="no trial completed; nothing to evaluate", **new)
+    run("trial", "FAILED", {}, dataset="castelli", split="fold0", trial_state="failed",
+        **new, **{"mlflow.parentRunId": parent})
+    out = tmp_path_factory.mktemp("lb_degraded_out")
+    page = write_leaderboard(SUITE, uri, out)
+    return {"uri": uri, "out": out, "text": page.read_text()}
+
+
+def test_missing_metric_failed_runs_and_no_final_runs_are_shown_as_such(store, degraded):
+    tables = parse_tables(degraded["text"])
+    main = {plain(r["dataset"]): r for r in tables["Test MAE"][0]}
+    assert set(main) == {DATASET, "expt_gap", "jdft2d", "castelli"}  # nothing silently dropped
+    # (a) the extra fit without a metric is counted, the number stays that of the 4 good fits
+    crab = main[DATASET]["CrabNet"]
+    assert plain(crab).endswith("(no test_mae (1/5 fits))")
+    approx_shown(mean_pm(crab)[0], expected(store, "crabnet")["pooled"][0], 4)
+    # (b), (c), (d)
+    assert plain(main["expt_gap"]["CrabNet"]) == "failed (2/2 fits)"
+    assert plain(main["jdft2d"]["HotCrab"]) == "no test_mae (1/1 fits)"
+    assert plain(main["castelli"]["CrabNet"]) == "no final runs (no trial completed; nothing to evaluate)"
+    assert plain(main["castelli"]["HotCrab"]) == "not run"
+    for dataset in ("expt_gap", "jdft2d", "castelli"):
+        for label in LABELS.values():
+            assert not re.fullmatch(r"[\d.]+", plain(main[dataset][label])), (dataset, label)  # never a number
+        rank = row_of(tables["Rank"][0], "dataset", dataset)
+        assert all(plain(rank[l]) == "—" for l in LABELS.values())
+        mad = row_of(tables["MAD:MAE"][0], "dataset", dataset)
+        assert mad["MAD of test targets"] == "n/a" and mad["test samples"] == "n/a"
+    budget = [r for r in tables["Budget"][0] if plain(r["dataset"]) == "expt_gap"][0]
+    assert budget["final fits"] == "0 of 2 (failed (2/2 fits))"
+    assert budget["parameters"] == "n/a" and budget["final CPU-h"] == "n/a"  # unknown, not 0
+    castelli = row_of(tables["Budget"][0], "dataset", "castelli")
+    assert castelli["trials (completed / pruned / failed)"] == "0 / 0 / 1" and castelli["final fits"] == "0 of 0"
+    # each dataset still gets its page, saying which plot could not be drawn and why
+    page = (degraded["out"] / SUITE / "castelli.md").read_text()
+    assert "No plot: no final fit with logged test predictions." in page
+    assert "no trial completed; nothing to evaluate" in page
+    results = pd.read_csv(degraded["out"] / SUITE / "results.csv")
+    failed = results[(results["dataset"] == "expt_gap") & (results["model"] == "crabnet")].iloc[0]
+    assert math.isnan(failed["mae"]) and failed["fits_failed"] == 2 and failed["cell"] == "failed (2/2 fits)"
+
+
+# ----------------------------------------------------------------------------- matbench export
+@pytest.fixture(scope="module")
+def matbench_store(tmp_path_factory):
+    """Final runs of two models on matbench_steels with its official folds: CrabNet on all 5
+    folds (2 seeds each), HotCrab on folds 0-3 only."""
+    from harness.data import load_dataset
+
+    ds = load_dataset("matbench_steels")
+    workdir = tmp_path_factory.mktemp("lb_matbench")
+    uri = default_tracking_uri(workdir)
+    exp_id = prepare_store(uri, workdir)
+    client = MlflowClient(uri)
+    rng = np.random.default_rng(0)
+    preds = {}
+    for model, label, folds, noise in (("crabnet", "CrabNet", range(5), 90.0), ("hotcrab", "HotCrab", range(4), 120.0)):
+        for k in folds:
+            split = ds.split(f"fold{k}")
+            tags = {"suite": "matbench", "dataset": ds.name, "model": model, "model_label": label,
+                    "split": f"fold{k}", "split_scheme": ds.split_scheme, "unit": ds.unit, "target": ds.target,
+                    "sweep_id": "20260101-000000-abcdef", "data_subsample": "", "data_dropped": "0",
+                    "data_rows": str(len(ds)), "max_epochs": "300", "num_samples": "4", "git_commit": "abc"}
+            parent = client.create_run(exp_id, tags={**tags, "stage": "search", "seed": "0"})
+            client.log_param(parent.info.run_id, "cpus_per_trial", "1.0")
+            client.log_param(parent.info.run_id, "gpus_per_trial", "0.0")
+            client.set_terminated(parent.info.run_id, "FINISHED")
+            for seed in (0, 1):
+                frame = ds.frame.iloc[split.test][["id", "formula", "target"]].copy()
+                frame["prediction"] = frame["target"] + rng.normal(0, noise, len(frame))
+                r = client.create_run(exp_id, tags={**tags, "stage": "final", "seed": str(seed),
+                                                    "mlflow.parentRunId": parent.info.run_id})
+                mae = float(np.mean(np.abs(frame["prediction"] - frame["target"])))
+                for key, value in (("test_mae", mae), ("fit_seconds", 10.0), ("n_params", 1000.0), ("epochs_run", 300.0)):
+                    client.log_metric(r.info.run_id, key, value)
+                client.log_param(r.info.run_id, "model_params.d_model", "64")
+                client.log_text(r.info.run_id, frame.to_csv(index=False), "predictions_test.csv")
+                client.set_terminated(r.info.run_id, "FINISHED")
+                preds[(model, k, seed)] = (frame, mae)
+    out = tmp_path_factory.mktemp("lb_matbench_out")
+    page = write_leaderboard("matbench", uri, out)
+    return {"ds": ds, "uri": uri, "out": out, "page": page, "preds": preds}
+
+
+def _matbench_hash(d: dict) -> str:
+    """matbench.util.hash_dictionary, written out again here."""
+    def immutify(x):
+        return {k: immutify(v) if isinstance(v, dict) else v for k, v in sorted(x.items())}
+    return hashlib.sha256(json.dumps(immutify(d)).encode("utf-8")).hexdigest()
+
+
+def test_matbench_submission_file_has_matbench_layout(matbench_store):
+    ds, preds = matbench_store["ds"], matbench_store["preds"]
+    path = matbench_store["out"] / "matbench" / "matbench_v0.1_crabnet" / "results.json.gz"
+    doc = json.loads(gzip.decompress(path.read_bytes()))
+    assert list(doc) == ["@module", "@class", "version", "tasks", "user_metadata", "benchmark_name", "datestamp", "hash"]
+    assert doc["@class"] == "MatbenchBenchmark" and doc["benchmark_name"] == "matbench_v0.1"
+    body = {k: v for k, v in doc.items() if k != "hash"}
+    assert doc["hash"] == _matbench_hash(body)
+    task = doc["tasks"]["matbench_steels"]
+    assert task["@class"] == "MatbenchTask" and task["dataset_name"] == "matbench_steels"
+    assert sorted(task["results"]) == [f"fold_{k}" for k in range(5)]
+    for k in range(5):
+        fold = task["results"][f"fold_{k}"]
+        assert sorted(fold) == ["data", "parameters", "scores"]
+        official = set(ds.frame["id"].iloc[ds.split(f"fold{k}").test])
+        assert set(fold["data"]) == official  # keyed by exactly the official test mbids
+        frame, mae = preds[("crabnet", k, 0)]  # the lowest seed's fit
+        assert all(isinstance(v, float) for v in fold["data"].values())
+        assert fold["data"][frame["id"].iloc[0]] == pytest.approx(frame["prediction"].iloc[0], rel=1e-12)
+        assert fold["scores"]["mae"] == pytest.approx(mae, rel=1e-12)
+        assert sorted(fold["scores"]) == ["mae", "mape", "max_error", "rmse"]
+    # HotCrab lacks fold 4: no file, and the page says why
+    assert not (matbench_store["out"] / "matbench" / "matbench_v0.1_hotcrab").exists()
+    text = matbench_store["page"].read_text()
+    sub = row_of(parse_tables(text)["Matbench submission files"][0], "model", "HotCrab")
+    assert "fold(s) 4" in sub["tasks left out (why)"]
+    # matbench headline: mean ± std over folds of the fold MAE (mean over seeds)
+    row = row_of(parse_tables(text)["Test MAE"][0], "dataset", "matbench_steels")
+    folds = [np.mean([preds[("crabnet", k, s)][1] for s in (0, 1)]) for k in range(5)]
+    mean, std = mean_pm(row["CrabNet"])
+    approx_shown(mean, float(np.mean(folds)), 4)
+    approx_shown(std, float(np.std(folds, ddof=1)), 2)
+    assert row["over"] == "4 folds × 2 seeds; 5 folds × 2 seeds"
+    assert plain(row["HotCrab"]).endswith("(4 of 5 folds: 0, 1, 2, 3)")  # not on equal terms: flagged
+    assert number(row["CrabNet (published)"]) == pytest.approx(107.316, abs=0.05)
+    # regenerating gives the same bytes, gzip included
+    again = write_all(matbench_store["uri"], matbench_store["out"] / "again", ["matbench"])[0].parent
+    assert (again / "matbench" / "matbench_v0.1_crabnet" / "results.json.gz").read_bytes() == path.read_bytes()

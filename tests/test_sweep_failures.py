@@ -1,0 +1,79 @@
+"""A trial that fails for a reason of its own (here: a diverging loss) is marked failed in
+MLflow and Optuna with its reason, and the sweep goes on; `harness status` shows it."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.tuning.sweep import SweepOptions, run_sweep
+from harness.tuning.tracking import default_tracking_uri
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+model_params:
+  d_model: 32
+  n_layers: 1
+  heads: 2
+  dim_feedforward: 64
+train_params:
+  optimizer: sgd
+  scheduler: none
+  lr: {type: categorical, choices: [1.0e-3, 1.0e+30]}   # 1e30 diverges at once
+"""
+
+
+@pytest.fixture(scope="module")
+def failing_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fail")
+    (tmp / "spaces").mkdir()
+    (tmp / "spaces" / "crabnet.yaml").write_text(SPACE)
+    outcomes = run_sweep(SweepOptions(
+        models=["crabnet"], datasets=["steels_yield"], folds=[0], num_samples=6, max_epochs=2,
+        final_seeds=1, workdir=tmp / "w", subsample=120, sampler="random", seed=0,
+        space_dir=tmp / "spaces", grace_period=2,
+    ))
+    return tmp / "w", outcomes
+
+
+def test_diverging_trials_fail_with_reason_and_the_sweep_goes_on(failing_sweep):
+    workdir, outcomes = failing_sweep
+    client = MlflowClient(default_tracking_uri(workdir))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
+    trials = [r for r in runs if r.data.tags.get("stage") == "trial"]
+    assert len(trials) == 6
+    diverged = [r for r in trials if float(r.data.params["train_params.lr"]) > 1]
+    healthy = [r for r in trials if float(r.data.params["train_params.lr"]) < 1]
+    assert diverged and healthy, "seed 0 samples both learning rates"
+    for r in diverged:
+        assert r.info.status == "FAILED" and r.data.tags["trial_state"] == "failed"
+        assert "FloatingPointError" in r.data.tags["error"]
+    for r in healthy:
+        assert r.info.status == "FINISHED" and r.data.tags["trial_state"] == "completed"
+    assert outcomes[0].failed == len(diverged) and outcomes[0].completed == len(healthy)
+    # the sweep went on to the final evaluation of a healthy configuration
+    finals = [r for r in runs if r.data.tags.get("stage") == "final"]
+    assert len(finals) == 1 and finals[0].info.status == "FINISHED"
+    assert float(finals[0].data.params["train_params.lr"]) < 1
+    # Optuna was told FAIL, not a number
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    states = sorted(t.state.name for t in study.trials)
+    assert states.count(TrialState.FAIL.name) == len(diverged)
+
+
+def test_status_command_counts_the_trials(failing_sweep):
+    workdir, outcomes = failing_sweep
+    result = CliRunner().invoke(app, ["status", str(workdir)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    row = next(l for l in result.output.splitlines() if "steels_yield" in l)
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    # model, dataset, split, stage, running, completed, pruned, failed, best, final fits, test
+    assert cells[:4] == ["crabnet", "steels_yield", "fold0", "done"]
+    assert cells[4:8] == ["0", str(outcomes[0].completed), str(outcomes[0].pruned), str(outcomes[0].failed)]
+    assert cells[9] == "1/1"
