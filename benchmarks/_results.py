@@ -1,4 +1,4 @@
-"""Shared by the structure-model benchmark scripts: machine description and RESULTS.md sections."""
+"""Shared by the benchmark scripts: machine description, RESULTS.md sections, structure samples."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def machine(threads: int) -> str:
     return (f"{platform.processor() or platform.machine()}, {cpus} CPU(s), {threads} torch thread(s), "
             f"load average {load} at start; python {platform.python_version()}, torch {torch.__version__}; "
             f"{time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def load_now() -> str:
+    """The 1/5/15-minute load averages now (to put beside the ones at the start)."""
+    return "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def write_section(section: str, body: str) -> None:

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import load_structures, machine, write_section  # noqa: E402
+from _results import load_now, load_structures, machine, write_section  # noqa: E402
 
 SECTION = "alignn_vs_reference"
 DEFAULT_REFERENCE_PYTHON = "/tmp/alignn_ref_venv/bin/python"
@@ -300,7 +300,7 @@ def main() -> None:
         f"{n} {args.dataset} structures (seed 0): {n_atoms:,} atoms, {n_edges:,} edges, {n_triplets:,} angle pairs "
         f"(k = 12, the same graphs and batch order on both sides); default ALIGNN, AdamW lr 1e-3, weight decay 1e-5, "
         f"batch 64, MSE; one epoch after a warm-up batch, {args.repeats} epoch(s) per side, alternating. "
-        f"CPU: {header}", "", *rows, "", verdict, *(f"- {x}" for x in notes if x),
+        f"CPU: {header}, {load_now()} at the end", "", *rows, "", verdict, *(f"- {x}" for x in notes if x),
         *([f"- {problem}"] if problem else []), ""])
     print(body)
     if not args.no_write:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, write_section  # noqa: E402
+from _results import load_now, machine, write_section  # noqa: E402
 
 SECTION = "phonons_accuracy"
 LEADERBOARD_NAMES = {"alignn": "ALIGNN", "cgcnn": "CGCNN v2019", "schnet": "SchNet (kgcnn v2.1.0)"}
@@ -121,7 +121,8 @@ def main() -> None:
         "## matbench_phonons accuracy (`benchmarks/phonons_accuracy.py`)", "",
         f"Official Matbench folds {folds}; MAE of the last phonon DOS peak in cm^-1; paper-default architectures and "
         f"recipes{' (epochs overridden: ' + str(args.epochs) + ')' if args.epochs else ''}, seed {args.seed}. "
-        f"Published = Matbench v0.1 leaderboard (mean of 5 folds). Device: {header}", "", *table, ""])
+        f"Published = Matbench v0.1 leaderboard (mean of 5 folds). Device: {header}, {load_now()} at the end", "",
+        *table, ""])
     print(body)
     if not args.no_write:
         write_section(SECTION, body)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -34,6 +35,8 @@ def main() -> None:
     parser.add_argument("--head-cpus", type=int, default=1)
     parser.add_argument("--worker-cpus", type=int, default=2)
     args = parser.parse_args()
+    # stop the cluster and server (finally below) also when the benchmark is terminated
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
     tmp = Path(tempfile.mkdtemp(prefix="harness-scale-"))
     procs = []
@@ -54,6 +57,7 @@ def main() -> None:
             "--cpus-per-trial", str(args.cpus_per_trial),
             "--search-spaces", str(REPO / "tests" / "spaces"),
         ], tmp, "sweep")
+        procs.append(sweep)
         rc = sweep.popen.wait()
         wall = time.time() - start
         if rc != 0:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import load_structures, machine, write_section  # noqa: E402
+from _results import load_now, load_structures, machine, write_section  # noqa: E402
 
 SECTION = "structure_throughput"
 MODELS = "crysformer,alignn,cgcnn,schnet,lern"
@@ -108,7 +108,7 @@ def main() -> None:
         f"{n} {args.dataset} structures (seed 0), {n_atoms:,} atoms, {n_edges:,} edges (k = 12, ties kept); "
         f"paper-default architectures and each model's recipe batch size and optimizer; one epoch after one "
         f"warm-up batch, batches collated by `CrystalGraphs.batches` (included); inference batch 256, eval mode. "
-        f"CPU: {header}", "", *table, ""])
+        f"CPU: {header}, {load_now()} at the end", "", *table, ""])
     print(body)
     if not args.no_write:
         write_section(SECTION, body)

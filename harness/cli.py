@@ -31,8 +31,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="List and fetch datasets.", no_args_is_help=True)
 models_app = typer.Typer(help="List the registered architectures.", no_args_is_help=True)
+analyze_app = typer.Typer(help="Analyses of trained models (logged to MLflow, plotted as PNG).",
+                          no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(analyze_app, name="analyze")
 
 console = Console()
 err = Console(stderr=True)
@@ -69,7 +72,7 @@ def _tracking_uri(workdir: Path, mlflow_uri: str | None) -> str:
 # ----------------------------------------------------------------------------- data
 @data_app.command("list")
 def data_list(
-    suite: Annotated[Optional[str], typer.Option(help="Only this suite (crabnet28, matbench).")] = None,
+    suite: Annotated[Optional[str], typer.Option(help="Only this suite (crabnet28, matbench, structures, jarvis).")] = None,
 ) -> None:
     """Table of datasets: name, suite, rows, target, unit, split scheme."""
     from harness.data import data_table
@@ -229,19 +232,22 @@ def leaderboard(
     mlflow_uri: MlflowOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: leaderboards/ of the repository).")] = None,
 ) -> None:
-    """Write leaderboards/<suite>.md from the final runs in MLflow (the only source of truth)."""
-    from harness.leaderboard.build import LeaderboardError, suites_in_store, write_leaderboard
+    """Write leaderboards/ from the runs in MLflow (the only source of truth): README.md (index,
+    protocols, budget, commands), <suite>.md, and per dataset a page with plots; CSV exports
+    (and, for matbench, Matbench submission files). Same store, same bytes."""
+    from harness.leaderboard.build import LeaderboardError, suites_in_store, write_all
 
     uri = _tracking_uri(workdir, mlflow_uri)
     suites = [suite] if suite else suites_in_store(uri)
     if not suites:
-        _fail(f"no final runs in {uri}; run `harness sweep` first")
-    for name in suites:
-        try:
-            path = write_leaderboard(name, uri, out)
-        except LeaderboardError as exc:
-            _fail(str(exc))
-        console.print(f"wrote {path}")
+        _fail(f"no sweep in {uri}; run `harness sweep` first")
+    try:
+        pages = write_all(uri, out, suites)
+    except LeaderboardError as exc:
+        _fail(str(exc))
+    for path in pages:
+        console.print(f"wrote {path} (+ {path.with_suffix('')}/)")
+    console.print(f"wrote {pages[0].parent / 'README.md'}")
 
 
 # ----------------------------------------------------------------------------- ui

@@ -450,3 +450,14 @@ def test_matbench_submission_file_has_matbench_layout(matbench_store):
     # regenerating gives the same bytes, gzip included
     again = write_all(matbench_store["uri"], matbench_store["out"] / "again", ["matbench"])[0].parent
     assert (again / "matbench" / "matbench_v0.1_crabnet" / "results.json.gz").read_bytes() == path.read_bytes()
+
+
+def test_matbench_package_loads_the_submission_file(matbench_store, tmp_path):
+    """Where the `matbench` package is installed, its own loader validates the file (hash,
+    every fold, exactly the official test ids)."""
+    bench = pytest.importorskip("matbench.bench")
+    path = matbench_store["out"] / "matbench" / "matbench_v0.1_crabnet" / "results.json.gz"
+    plain_json = tmp_path / "results.json"
+    plain_json.write_bytes(gzip.decompress(path.read_bytes()))
+    mb = bench.MatbenchBenchmark.from_file(str(plain_json))
+    assert mb.tasks_map["matbench_steels"].all_folds_recorded

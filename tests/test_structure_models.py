@@ -37,8 +37,8 @@ SMALL = {
 # Parameter counts of the paper-default configurations: (low, high), exact where a reference exists.
 PARAM_RANGES = {
     "alignn": (4_026_753, 4_026_753),  # the alignn package's default ALIGNNConfig counts 4,026,753
-    "cgcnn": (75_000, 85_000),  # reference CGCNN 80,449 (PyG's CGConv has no bn1: 80,065)
-    "schnet": (60_000, 80_000),  # PyG SchNet(64, 64, 3, 50) = 68,609 with a 100-row embedding
+    "cgcnn": (75_000, 85_000),  # reference CGCNN 80,833; PyG's CGConv has no bn1: 80,065
+    "schnet": (60_000, 80_000),  # PyG SchNet(64, 64, 3, 50) = 68,033 (100-row embedding; ours 119 rows)
     "crysformer": (1_000_000, 5_000_000),
     "lern": (4_000_000, 7_000_000),  # ResNet-34 at half width: ~21.3M / 4
 }

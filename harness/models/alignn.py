@@ -28,10 +28,11 @@ Defaults = the reference ``ALIGNNConfig``: 4 ALIGNN + 4 GCN layers, hidden 256, 
 80 edge / 40 angle RBF bins: 4,026,753 parameters, exactly as the reference package counts.
 
 Adapted / implementation notes:
-- Graph and line graph come from the shared featurizer: k = 12 nearest periodic neighbours,
-  directed edges ``j -> i`` for every centre, and angle pairs of two distinct bonds into the same
-  centre (the reference builds DGL's ``line_graph`` of a symmetrised graph, which also pairs a
-  bond with its own reverse: a zero angle, carrying no geometry; we leave those out).
+- Graph and line graph come from the shared featurizer: k = 12 nearest periodic neighbours
+  (ties at the k-th distance kept), directed edges ``j -> i`` for every centre (the reference's
+  builder also adds the reverse of every edge), and angle pairs of two distinct bonds into the
+  same centre (the reference takes DGL's ``line_graph`` of its symmetrised graph, which also
+  pairs a bond with its own reverse: a zero angle, carrying no geometry; we leave those out).
   ``cos theta`` is computed from the featurizer's angle, as the reference's ``bond_cosine``.
 - The paper describes the line-graph update first; the reference code (and this file) runs the
   atom-graph EGGC first and feeds its bond output ``m`` to the line graph. Same parameters.

@@ -15,9 +15,9 @@ The convolution is PyG's ``CGConv(64, dim=41, aggr="add", batch_norm=True)``, wh
 inner ``v_i + BN(sum_j ...)``; the outer softplus of the reference ``ConvLayer`` is applied
 here. Adapted: the reference also batch-normalises the gate/core pre-activations (``bn1`` over
 the 2 x 64 concatenated outputs) before the sigmoid/softplus; PyG's ``CGConv`` does not, so each
-conv layer has 21,888 parameters instead of 22,144 (80,065 in all with the defaults). The graph
-is the shared featurizer's 12 nearest periodic neighbours (the reference: 12 nearest within
-8 A). Recipe (reference ``main.py`` defaults): SGD, lr 0.01, momentum 0.9, no weight decay,
+conv layer has 21,888 parameters instead of 22,144 (80,065 in all with the defaults; the
+reference 80,833). The graph is the shared featurizer's 12 nearest periodic neighbours (the
+reference: 12 nearest within 8 A). Recipe (reference ``main.py`` defaults): SGD, lr 0.01, momentum 0.9, no weight decay,
 batch 256, MSE; 300 epochs here (the reference's default is 30; its MultiStepLR milestone at
 epoch 100 is not reproduced).
 """
