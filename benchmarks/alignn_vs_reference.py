@@ -50,7 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import load_now, load_structures, machine, write_section  # noqa: E402
 
 SECTION = "alignn_vs_reference"
-DEFAULT_REFERENCE_PYTHON = "/tmp/alignn_ref_venv/bin/python"
+# The reference package lives in its own venv (it pins its own torch); HARNESS_ALIGNN_PYTHON
+# overrides where, default <tmpdir>/alignn_ref_venv.
+DEFAULT_REFERENCE_PYTHON = os.environ.get(
+    "HARNESS_ALIGNN_PYTHON", str(Path(tempfile.gettempdir()) / "alignn_ref_venv" / "bin" / "python")
+)
 RECIPE = {"batch_size": 64, "lr": 1e-3, "weight_decay": 1e-5}
 
 # Runs inside the reference interpreter: alignn + torch only (no harness, no torch_geometric).

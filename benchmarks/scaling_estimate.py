@@ -34,6 +34,13 @@ def measured_rates() -> dict[str, float]:
         numbers = [float(c) for c in cells if re.fullmatch(r"[0-9.]+", c)]
         if len(numbers) >= 2 and m.group(1) not in rates:
             rates[m.group(1)] = numbers[-2]  # "train samples/s" precedes "inference samples/s"
+    # structure models: "| ALIGNN | parameters | batch | epoch s | train structures/s | …"
+    section = re.search(r"<!-- structure_throughput:start -->(.*?)<!-- structure_throughput:end -->",
+                        RESULTS.read_text(), re.S)
+    for line in (section.group(1).splitlines() if section else []):
+        cells = [c.strip().replace(",", "") for c in line.strip("|").split("|")]
+        if len(cells) == 7 and re.fullmatch(r"[0-9.]+", cells[4]):
+            rates.setdefault(cells[0].lower().replace("-", ""), float(cells[4]))
     return rates
 
 

@@ -68,9 +68,12 @@ def _wait(proc, timeout: float) -> int:
 
 def test_trials_of_two_models_run_concurrently_on_both_nodes(cluster):
     workdir = cluster["tmp"] / "w"
+    # 2 searches x 2 trials at a time ask for 4 CPU slots of the cluster's 3: both nodes
+    # fill up and neither search can take the whole cluster
     proc = harness(_sweep_args(cluster, workdir, "--models", "crabnet,hotcrab", "--num-samples", "3",
-                               "--max-epochs", "3", "--final-seeds", "1",
-                               "--concurrent-searches", "2"), cluster["tmp"], "sweep")
+                               "--max-epochs", "8", "--grace-period", "8", "--final-seeds", "1",
+                               "--concurrent-searches", "2", "--max-concurrent-trials", "2"),
+                   cluster["tmp"], "sweep")
     assert _wait(proc, 600) == 0, proc.log.read_text()[-3000:]
     trials = _runs(cluster["uri"], "trial")
     assert len(trials) == 6 and all(r.info.status == "FINISHED" for r in trials)

@@ -14,7 +14,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 from pathlib import Path
@@ -104,13 +103,10 @@ def store(tmp_path_factory):
     from harness.tuning.sweep import SweepOptions, run_sweep
 
     workdir = tmp_path_factory.mktemp("lb_sweep")
-    with pytest.MonkeyPatch.context() as mp:
-        # a fresh local Ray, never a cluster some other process left registered on this machine
-        mp.setenv("RAY_ADDRESS", "local")
-        run_sweep(SweepOptions(
-            models=["crabnet", "hotcrab"], datasets=[DATASET], folds=[0, 1], num_samples=2, max_epochs=2,
-            final_seeds=2, subsample=150, workdir=workdir, space_dir=Path("tests/spaces"), seed=0,
-        ))
+    run_sweep(SweepOptions(
+        models=["crabnet", "hotcrab"], datasets=[DATASET], folds=[0, 1], num_samples=2, max_epochs=2,
+        final_seeds=2, subsample=150, workdir=workdir, space_dir=Path("tests/spaces"), seed=0,
+    ))
     uri = default_tracking_uri(workdir)
     client = MlflowClient(uri)
     runs = _all_runs(uri)
@@ -312,7 +308,8 @@ def degraded(store, tmp_path_factory):
     run("final", "FINISHED", {"train_mae": 1.0}, split="fold0", seed="2",
         **{"mlflow.parentRunId": base.data.tags["mlflow.parentRunId"]})
     # (b) expt_gap/CrabNet: both final fits failed
-    new = {"sweep_id": "29990101-000000-aaaaaa", "subsample": "", "data_subsample": ""}
+    new = {"sweep_id": "29990101-000000-aaaaaa", "data_subsample": "", "data_rows": "", "data_sha256": "",
+           "unit": "eV", "target": "made up"}
     parent = run("search", "FINISHED", {"trials_completed": 1}, dataset="expt_gap", **new, split="fold0")
     for seed in ("0", "1"):
         run("final", "FAILED", dataset="expt_gap", split="fold0", seed=seed, error="boom",
@@ -346,7 +343,7 @@ def test_missing_metric_failed_runs_and_no_final_runs_are_shown_as_such(store, d
         for label in LABELS.values():
             assert not re.fullmatch(r"[\d.]+", plain(main[dataset][label])), (dataset, label)  # never a number
         rank = row_of(tables["Rank"][0], "dataset", dataset)
-        assert all(plain(rank[l]) == "—" for l in LABELS.values())
+        assert all(plain(rank[label]) == "—" for label in LABELS.values())
         mad = row_of(tables["MAD:MAE"][0], "dataset", dataset)
         assert mad["MAD of test targets"] == "n/a" and mad["test samples"] == "n/a"
     budget = [r for r in tables["Budget"][0] if plain(r["dataset"]) == "expt_gap"][0]

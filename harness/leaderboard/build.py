@@ -68,10 +68,11 @@ def suite_tables(tracking_uri: str, suite: str, with_artifacts: bool = True) -> 
 
 def _not_run(suite: str, present: list[str]) -> list[str]:
     try:
-        from harness.data.catalog import SUITES
+        from harness.data.catalog import CATALOG, SUITES
     except ImportError:
         return []
-    return [d for d in SUITES.get(suite, []) if d not in set(present)]
+    # runs carry their dataset's own suite (matbench_phonons stays `matbench` in `structures`)
+    return [d for d in SUITES.get(suite, []) if d not in set(present) and CATALOG[d].suite == suite]
 
 
 def suite_files(t: SuiteTables) -> dict[str, bytes]:

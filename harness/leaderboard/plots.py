@@ -27,6 +27,15 @@ def MaxNLocator(**kwargs):
     return _Locator(**kwargs)
 
 
+def _epoch_axis(ax, last_epoch: float) -> None:
+    """Integer epoch ticks; a one-epoch axis is centred on 1 instead of showing fractions."""
+    if last_epoch <= 1:
+        ax.set_xlim(0.5, 1.5)
+        ax.set_xticks([1])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _figure(n_panels: int, ncols_max: int = 3):
     from matplotlib.figure import Figure
 
@@ -182,7 +191,7 @@ def learning_curves(tables: SuiteTables, dataset: str) -> bytes | None:
                 ax.plot(h["epoch"], h["val_mae"], color=color, lw=1.2, ls="--", alpha=0.8,
                         label=f"{split}/seed {seed} val")
             ax.set_title(f"{res.label} (solid: train, dashed: val)")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _epoch_axis(ax, max(float(h["epoch"].max()) for _, _, h in curves))
             ax.set_xlabel("epoch")
             ax.set_ylabel(_axis_label(tables, dataset, "MAE"))
             if len(curves) <= 4:
@@ -223,7 +232,7 @@ def trial_curves(tables: SuiteTables, dataset: str) -> bytes | None:
             if log:
                 ax.set_yscale("log")
             ax.set_title(f"{label}: {n_runs} trials")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _epoch_axis(ax, max((float(c["epoch"].max()) for _, _, c in curves if len(c)), default=1))
             ax.set_xlabel("epoch")
             ax.set_ylabel(_axis_label(tables, dataset, "val MAE"))
             ax.legend(fontsize=7)
@@ -253,8 +262,11 @@ def pareto(tables: SuiteTables, dataset: str) -> bytes | None:
             err = r.spread if finite(r.spread) else None
             ax.errorbar([r.total_hours], [r.value], yerr=None if err is None else [[err], [err]], fmt="o",
                         color=f"C{k % 10}", capsize=3, label=r.label)
-        ax.step([r.total_hours for r in front], [r.value for r in front], where="post", color="0.4",
-                lw=1, ls="--", label="Pareto front")
+        ax.scatter([r.total_hours for r in front], [r.value for r in front], s=160, facecolors="none",
+                   edgecolors="0.3", lw=1, zorder=3, label="on the Pareto front")
+        if len(front) > 1:
+            ax.step([r.total_hours for r in front], [r.value for r in front], where="post", color="0.4",
+                    lw=1, ls="--")
         xs = [r.total_hours for r in items]
         if max(xs) / min(xs) > 10:
             ax.set_xscale("log")

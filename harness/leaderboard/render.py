@@ -342,7 +342,7 @@ def render_dataset(t: SuiteTables, dataset: str, plots: dict[str, str | None], t
                      fmt_num(r.mad_mae) if r.has_value else "—", pooled, folds,
                      f"{r.n_ok} of {r.n_fits}", cost[0], cost[1], cost[4], cost[5], cost[6], cost[7]])
     pub = t.published[t.published["dataset"] == dataset]
-    for _, p in pub.iterrows():
+    for _, p in pub.sort_values("model", key=lambda c: c.str.lower(), kind="mergesort").iterrows():
         rows.append([f"{p['model']} (published)", f"{p['value']:.4g}",
                      "folds" if p["metric"] == "mae_test_mean_folds" else "—", "—", "—", "—", "—", "—",
                      "—", "—", "—", "—", "—", "—"])
@@ -441,7 +441,7 @@ def results_frame(t: SuiteTables) -> pd.DataFrame:
                 "final_cpu_h": r.final_cpu_h, "final_gpu_h": r.final_gpu_h,
                 "max_epochs": r.max_epochs, "num_samples": r.num_samples, "subsample": r.subsample,
                 "hardware": "; ".join(r.hardware), "sweep_id": r.sweep_id, "git_commit": "; ".join(r.git_commits),
-                "significance": t.significance[d].text if t.significance[d].best in (m,) or t.significance[d].second in (m,) else "",
+                "significance": t.significance[d].text if m in (t.significance[d].best, t.significance[d].second) else "",
                 "notes": "; ".join(t.notes[d]), "source": "MLflow",
             })
     for _, p in t.published.iterrows():

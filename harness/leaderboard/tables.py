@@ -43,7 +43,8 @@ PROTOCOLS: dict[str, str] = {
     "structures": (
         "Crystal-structure datasets with DFT targets: a recorded seeded random 80/10/10 split "
         "(seed 0), hyperparameters searched on train/val, K seeds for the final fits, test MAE "
-        "mean ± std over seeds."
+        "mean ± std over seeds. (Structure models on matbench_phonons follow the Matbench rules "
+        "and appear on the `matbench` page.)"
     ),
     "jarvis": (
         "JARVIS-DFT dft_3d properties: a recorded seeded random 80/10/10 split (seed 0), K seeds "
@@ -459,7 +460,8 @@ def protocol_notes(suite: str, dataset: str, info: dict, results: list[PairResul
     if k:
         covered = sorted({s for r in results for s in r.ok_splits}, key=lambda s: fold_number(s) or 0)
         if covered and len(covered) < k:
-            notes.append(f"folds {', '.join(str(fold_number(s)) for s in covered)} of {k} only")
+            word = "fold" if len(covered) == 1 else "folds"
+            notes.append(f"{word} {', '.join(str(fold_number(s)) for s in covered)} of {k} only")
     for note in sorted({n for n in published.get("note", []) if n}):
         notes.append(note)
     return notes

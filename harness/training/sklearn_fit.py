@@ -58,4 +58,5 @@ def final_sklearn(
     for part, indices in (("train", split.train), ("val", split.val), ("test", split.test)):
         predictions[part], scores = _predict_and_score(estimator, features, targets, indices, part)
         metrics.update(scores)
-    return {"metrics": metrics, "history": [], "test_pred": predictions["test"]}
+    return {"metrics": metrics, "history": [], "test_pred": predictions["test"],
+            "train_pred": predictions["train"]}

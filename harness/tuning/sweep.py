@@ -19,6 +19,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -256,6 +257,7 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
             # run side by side, each search keeping its own searcher and ASHA brackets.
             from concurrent.futures import ThreadPoolExecutor
 
+            _thread_safe_tune_registry()
             with ThreadPoolExecutor(max_workers=opts.concurrent_searches) as pool:
                 outcomes.extend(pool.map(run, jobs))
         else:
@@ -269,7 +271,6 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
 
 _OPTUNA_STORAGES: dict[str, Any] = {}
 
-
 def _optuna_storage(workdir: Path):
     """One Optuna RDB storage per workdir, created in the driver before searches start:
     concurrent first use of a fresh sqlite file races on its schema migration."""
@@ -279,6 +280,33 @@ def _optuna_storage(workdir: Path):
     if url not in _OPTUNA_STORAGES:
         _OPTUNA_STORAGES[url] = optuna.storages.RDBStorage(url)
     return _OPTUNA_STORAGES[url]
+
+
+def _thread_safe_tune_registry() -> None:
+    """Serialize Ray Tune's trainable registry for searches running in threads.
+
+    Deliberately patched rather than worked around: ``ray.tune.registry._Registry`` mutates a
+    plain dict in ``register`` while ``flush_values`` iterates it, so two Tuners starting at
+    once fail with "dictionary changed size during iteration" (seen with 4 concurrent
+    searches). A lock around its methods is the smallest fix; nothing else changes.
+    """
+    from ray.tune import registry
+
+    cls = registry._Registry
+    if getattr(cls, "_harness_thread_safe", False):
+        return
+    lock = threading.RLock()
+    for name in ("register", "unregister", "contains", "get", "flush_values"):
+        original = getattr(cls, name, None)
+        if original is None:
+            continue
+
+        def locked(self, *args, _original=original, **kwargs):
+            with lock:
+                return _original(self, *args, **kwargs)
+
+        setattr(cls, name, locked)
+    cls._harness_thread_safe = True
 
 
 def _replace_opts(opts: SweepOptions, **changes: Any) -> SweepOptions:
@@ -455,6 +483,9 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
             # Also how many trials Tune asks the cluster for at once: without it Tune keeps
             # one trial pending at a time for a custom searcher, and short trials never overlap.
             max_concurrent_trials=opts.max_concurrent_trials or _trial_slots(opts),
+            # A trial's worker process (torch, the featurized data) is reused by the next
+            # trial: starting one costs seconds, longer than a short trial's training.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=search_name,
@@ -638,6 +669,10 @@ def _final_evaluation(
         frame = dataset.frame.iloc[split.test][["id", "formula", "target"]].copy()
         frame["prediction"] = np.asarray(out["test_pred"], dtype=float)
         client.log_text(run_id, frame.to_csv(index=False), "predictions_test.csv")
+        if out.get("train_pred") is not None:  # for the leaderboards' train/test residual plots
+            train = dataset.frame.iloc[split.train][["id", "formula", "target"]].copy()
+            train["prediction"] = np.asarray(out["train_pred"], dtype=float)
+            client.log_text(run_id, train.to_csv(index=False), "predictions_train.csv")
         client.set_terminated(run_id, "FINISHED")
         outcome.test_mae.append(float(metrics["test_mae"]))
 

@@ -151,6 +151,9 @@ class TrialRunLogger(tune.Callback):
         params = flatten("", {k: v for k, v in trial.config.items()})
         self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
         self.runs[trial.trial_id] = run.info.run_id
+        # A run made in this driver session is open and empty: no need to ask the server.
+        self._closed[trial.trial_id] = False
+        self._last_step[trial.trial_id] = 0
         self._save_mapping()
         return run.info.run_id
 
@@ -176,19 +179,22 @@ class TrialRunLogger(tune.Callback):
         run_id = self.run_id(trial)
         if self._is_closed(trial.trial_id, run_id):
             return
+        tags = []
         node = result.get("node_id")
         nodes = self._nodes.setdefault(trial.trial_id, [])
         if isinstance(node, str) and node not in nodes:
             nodes.append(node)
-            self.client.set_tag(run_id, "node_ids", ",".join(nodes))
-        if self.error_key in result:
-            return
+            tags.append(RunTag("node_ids", ",".join(nodes)))
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        metrics = {} if self.error_key in result else numeric_metrics(result)
         if step <= self._logged_until(trial.trial_id, run_id):
-            return
-        metrics = numeric_metrics(result)
+            metrics = {}
+        if metrics or tags:
+            # one request per epoch: the metrics and any new tag together
+            now = int(time.time() * 1000)
+            self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()],
+                                  tags=tags)
         if metrics:
-            log_metrics(self.client, run_id, metrics, step)
             self._last_step[trial.trial_id] = step
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -204,7 +210,7 @@ class TrialRunLogger(tune.Callback):
             self.client.set_terminated(run_id, "FAILED")
             return
         state = "completed" if last.get(self.finished_key) else "pruned"
-        self.client.set_tag(run_id, "trial_state", state)
+        self.client.log_batch(run_id, tags=[RunTag("trial_state", state)])
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):

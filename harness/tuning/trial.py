@@ -175,5 +175,6 @@ def final_fit(context: TrialContext, params: dict[str, Any], seed: int) -> dict[
         "metrics": metrics,
         "history": result.history,
         "test_pred": trainer.predict(split.test),
+        "train_pred": trainer.predict(split.train),
         "seconds": time.time() - start,
     }
