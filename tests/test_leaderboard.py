@@ -251,8 +251,9 @@ def test_dataset_page_has_valid_plots(store):
         png = (page.parent / link).read_bytes()
         assert png.startswith(PNG_SIGNATURE) and len(png) > 5_000, link
         assert b"Software" not in png and b"tIME" not in png  # nothing that varies between runs
-    # train predictions are not logged by the sweep: the page says so instead of hiding it
-    assert "Train residuals are not shown" in text
+    # the sweep logs train predictions too: the residual plot shows train and test
+    assert "Residuals (prediction − true) of the train and test predictions" in text
+    assert "residuals are not shown" not in text
     # every final fit is listed with its MLflow metric
     fits = parse_tables(text)["Final fits"][0]
     assert len(fits) == 8
