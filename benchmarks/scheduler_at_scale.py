@@ -54,7 +54,7 @@ def main() -> None:
             "--models", "crabnet", "--datasets", "steels_yield", "--folds", "0", "--subsample", "120",
             "--num-samples", str(args.trials), "--max-epochs", str(args.epochs),
             "--grace-period", str(args.epochs), "--final-seeds", "1",
-            "--cpus-per-trial", str(args.cpus_per_trial),
+            "--cpus-per-trial", str(args.cpus_per_trial), "--reuse-actors",
             "--search-spaces", str(REPO / "tests" / "spaces"),
         ], tmp, "sweep")
         procs.append(sweep)
@@ -95,7 +95,7 @@ def main() -> None:
         write_section(
             "scheduler_at_scale",
             f"## Scheduler and MLflow at scale (`benchmarks/scheduler_at_scale.py`)\n\n"
-            f"`--trials {args.trials} --epochs {args.epochs}`; {machine(1)}; "
+            f"`--trials {args.trials} --epochs {args.epochs}` (the sweep runs with `--reuse-actors`); {machine(1)}; "
             f"({args.head_cpus}+{args.worker_cpus} CPUs in a "
             f"2-node Ray cluster on 127.0.0.1, MLflow server with sqlite backend, "
             f"{args.cpus_per_trial} CPU per trial; tiny CrabNet (tests/spaces) on 120 rows):\n\n"

@@ -153,6 +153,7 @@ def sweep(
     max_failures: Annotated[int, typer.Option(help="Retries (from the last checkpoint) of a trial whose worker or node died.")] = 3,
     concurrent_searches: Annotated[int, typer.Option(help="Searches (model × dataset × split) run side by side on the cluster.")] = 1,
     max_concurrent_trials: Annotated[Optional[int], typer.Option(help="Trials of one search at once (default: as many as the cluster's CPUs/GPUs fit).")] = None,
+    reuse_actors: Annotated[bool, typer.Option(help="Reuse trial worker processes across trials (for many short trials).")] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted sweep in this workdir: same Ray experiments, Optuna studies and MLflow runs.")] = None,
 ) -> None:
     """Search hyperparameters (Optuna + ASHA on Ray), log every trial to MLflow, then retrain
@@ -195,7 +196,7 @@ def sweep(
             reduction_factor=reduction_factor, space_dir=search_spaces,
             dataset_file=dataset_file, target=target, formula_column=formula_column,
             storage=storage, max_failures=max_failures, concurrent_searches=concurrent_searches,
-            max_concurrent_trials=max_concurrent_trials,
+            max_concurrent_trials=max_concurrent_trials, reuse_actors=reuse_actors,
         )
         run_sweep(opts)
     except (KeyError, ValueError, DataError, SearchSpaceError, FileNotFoundError) as exc:

@@ -74,6 +74,7 @@ class SweepOptions:
     max_failures: int = 3  # retries of a trial whose worker or node died
     concurrent_searches: int = 1  # searches (model x dataset x split) running side by side
     max_concurrent_trials: int | None = None  # per search; None = as many as the cluster fits
+    reuse_actors: bool = False  # reuse trial worker processes (many short trials)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -483,9 +484,10 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
             # Also how many trials Tune asks the cluster for at once: without it Tune keeps
             # one trial pending at a time for a custom searcher, and short trials never overlap.
             max_concurrent_trials=opts.max_concurrent_trials or _trial_slots(opts),
-            # A trial's worker process (torch, the featurized data) is reused by the next
-            # trial: starting one costs seconds, longer than a short trial's training.
-            reuse_actors=True,
+            # --reuse-actors: a trial's worker process (torch, the featurized data) serves the
+            # next trial; worth it for many short trials (seconds per start), but reused
+            # workers stay where they are, so trials spread less over the nodes.
+            reuse_actors=opts.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=search_name,
