@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -26,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section  # noqa: E402  (shared RESULTS.md section writer)
+
 SECTION = "graph_build"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def timed(fn):
@@ -102,17 +103,7 @@ def main() -> None:
     table += [f"| {what} | {t:.2f} | {rate:,.0f} |" for what, t, rate in rows]
     body = "\n".join(["## Crystal-graph building (`benchmarks/graph_build.py`)", "", header, "", *table, ""])
     print(body)
-    write_section(body)
-
-
-def write_section(body: str) -> None:
-    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
-    block = f"{start}\n{body}\n{end}"
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
-    print(f"updated {RESULTS}", file=sys.stderr)
+    write_section(SECTION, body)
 
 
 if __name__ == "__main__":
