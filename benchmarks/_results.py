@@ -33,13 +33,32 @@ def load_now() -> str:
 
 def write_section(section: str, body: str) -> None:
     """Replace ``<!-- section:start -->…<!-- section:end -->`` in RESULTS.md (other sections kept)."""
+    import fcntl
+
     start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
+    # Benchmarks often run side by side (one per core): lock the read-modify-write.
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
+        text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+        RESULTS.write_text(text)
     print(f"updated {RESULTS} ({section})", file=sys.stderr)
+
+
+def reference_rows() -> list[dict[str, str]]:
+    """The rows of ../shared/reference_results.csv (published numbers), or [] without ../shared."""
+    import csv
+
+    from harness.paths import shared_dir
+
+    root = shared_dir()
+    path = None if root is None else root / "reference_results.csv"
+    if path is None or not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def load_structures(dataset: str, n: int, seed: int = 0):

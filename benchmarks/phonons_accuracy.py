@@ -20,15 +20,12 @@ every 10 epochs; the table replaces its own section of ``benchmarks/RESULTS.md``
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import load_now, machine, write_section  # noqa: E402
+from _results import load_now, machine, reference_rows, write_section  # noqa: E402
 
 SECTION = "phonons_accuracy"
 LEADERBOARD_NAMES = {"alignn": "ALIGNN", "cgcnn": "CGCNN v2019", "schnet": "SchNet (kgcnn v2.1.0)"}
@@ -37,18 +34,12 @@ FALLBACK = {"alignn": 29.5385, "cgcnn": 57.7635, "schnet": 38.9636}  # Matbench 
 
 def published() -> dict[str, float]:
     """Leaderboard MAE per model name of ours, from ../shared/reference_results.csv (else built in)."""
-    from harness.paths import shared_dir
-
     values = dict(FALLBACK)
-    root = shared_dir()
-    path = None if root is None else root / "reference_results.csv"
-    if path is not None and path.is_file():
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                if row["dataset"] == "matbench_phonons" and row["metric"] == "mae_test_mean_folds":
-                    for ours, theirs in LEADERBOARD_NAMES.items():
-                        if row["model"] == theirs:
-                            values[ours] = float(row["value"])
+    for row in reference_rows():
+        if row["dataset"] == "matbench_phonons" and row["metric"] == "mae_test_mean_folds":
+            for ours, theirs in LEADERBOARD_NAMES.items():
+                if row["model"] == theirs:
+                    values[ours] = float(row["value"])
     return values
 
 

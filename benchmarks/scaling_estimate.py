@@ -13,7 +13,6 @@ docs/scaling.md explains.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 from pathlib import Path

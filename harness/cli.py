@@ -59,6 +59,17 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _run_or_report_interrupt(run_sweep, *args, **kwargs) -> None:
+    """Run the sweep; on Ctrl+C say how to continue and exit 130 (the shell's code for SIGINT)."""
+    from harness.tuning.sweep import SweepInterrupted
+
+    try:
+        run_sweep(*args, **kwargs)
+    except SweepInterrupted as exc:
+        err.print(f"[yellow]stopped:[/] {exc}")
+        raise typer.Exit(130)
+
+
 def _tracking_uri(workdir: Path, mlflow_uri: str | None) -> str:
     from harness.tuning.tracking import default_tracking_uri
 
@@ -154,6 +165,7 @@ def sweep(
     concurrent_searches: Annotated[int, typer.Option(help="Searches (model × dataset × split) run side by side on the cluster.")] = 1,
     max_concurrent_trials: Annotated[Optional[int], typer.Option(help="Trials of one search at once (default: as many as the cluster's CPUs/GPUs fit).")] = None,
     reuse_actors: Annotated[bool, typer.Option(help="Reuse trial worker processes across trials (for many short trials).")] = False,
+    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of this machine the embedded Ray may use (default: all); leaves the rest free for other work. Ignored with --address.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted sweep in this workdir: same Ray experiments, Optuna studies and MLflow runs.")] = None,
 ) -> None:
     """Search hyperparameters (Optuna + ASHA on Ray), log every trial to MLflow, then retrain
@@ -175,7 +187,8 @@ def sweep(
         except FileNotFoundError as exc:
             _fail(str(exc))
         saved.address, saved.mlflow_uri = address or saved.address, mlflow_uri or saved.mlflow_uri
-        run_sweep(saved, resume=True)
+        saved.num_cpus = num_cpus or saved.num_cpus
+        _run_or_report_interrupt(run_sweep, saved, resume=True)
         return
     if not models:
         _fail("give --models (see `harness models list`) or --resume WORKDIR")
@@ -196,9 +209,9 @@ def sweep(
             reduction_factor=reduction_factor, space_dir=search_spaces,
             dataset_file=dataset_file, target=target, formula_column=formula_column,
             storage=storage, max_failures=max_failures, concurrent_searches=concurrent_searches,
-            max_concurrent_trials=max_concurrent_trials, reuse_actors=reuse_actors,
+            max_concurrent_trials=max_concurrent_trials, reuse_actors=reuse_actors, num_cpus=num_cpus,
         )
-        run_sweep(opts)
+        _run_or_report_interrupt(run_sweep, opts)
     except (KeyError, ValueError, DataError, SearchSpaceError, FileNotFoundError) as exc:
         _fail(str(exc).strip("'\""))
 

@@ -23,6 +23,7 @@ from torch_geometric.data import Batch
 from harness import paths
 from harness.data import CATALOG, SUITES, DataError, count_rows, load_custom_structures, load_dataset, resolve_datasets
 from harness.data import structures as st
+from harness.data.fetch import sha256_file
 from harness.data.dataset import Dataset, Split
 from harness.data.matbench import read_official_test_ids
 from harness.featurize import FEATURIZERS, featurize
@@ -120,7 +121,7 @@ def test_matminer_sdist_sets(sdist):
     assert flla.notes["format"] == "literal"  # ast.literal_eval, never eval
     et = load_dataset("elastic_tensor_2015:K_VRH")
     assert len(et) == 1181 and et.split("random").sizes() == (945, 118, 118)
-    assert st._sha256_file(sdist) == st.SDIST_SHA256
+    assert sha256_file(sdist) == st.SDIST_SHA256
 
 
 # ---------------------------------------------------------------- bad structures

@@ -40,6 +40,7 @@ import pandas as pd
 
 from harness.data.catalog import CATALOG, FIXED
 from harness.data.dataset import DataError, Dataset, Split
+from harness.data.fetch import cached_file
 from harness.data.validate import check_splits, parse_targets, require_columns, validate_rows
 from harness.paths import cache_dir
 
@@ -49,17 +50,6 @@ WHEEL_SHA256 = "4901565abaa5b4cd1a7841b9de647a3906df21676b226a7abf972d113f92054a
 DATA_PREFIX = "crabnet/data/"
 PARTS = ("train", "val", "test")
 N_FOLDS = 5
-
-_verified: set[tuple[str, int, float]] = set()  # (path, size, mtime) already hashed this process
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _download(dest_dir: Path) -> Path:
     """pip-download the wheel into a fresh temp folder inside ``dest_dir``; return its path."""
@@ -85,34 +75,8 @@ def wheel_path(download: bool = True) -> Path | None:
     With ``download=False`` returns None instead of fetching. A file whose sha256 is wrong is
     removed and a DataError raised.
     """
-    dest_dir = cache_dir() / "crabnet"
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    path = dest_dir / WHEEL_NAME
-    if not path.is_file():
-        if not download:
-            return None
-        got = _download(dest_dir)
-        _check_sha(got, origin="downloaded")
-        got.replace(path)  # atomic: concurrent fetchers never see a partial file
-        shutil.rmtree(got.parent, ignore_errors=True)
-    _check_sha(path, origin="cached")
-    return path
-
-
-def _check_sha(path: Path, origin: str) -> None:
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime)
-    if key in _verified:
-        return
-    digest = _sha256_file(path)
-    if digest != WHEEL_SHA256:
-        path.unlink(missing_ok=True)
-        raise DataError(
-            f"{origin} {path.name} has sha256 {digest}, expected {WHEEL_SHA256}; the file was "
-            f"removed. Run again to download it afresh; if this repeats, the package index "
-            f"serves different bytes for crabnet=={VERSION}: do not use them."
-        )
-    _verified.add(key)
+    return cached_file(cache_dir() / "crabnet", WHEEL_NAME, WHEEL_SHA256, _download, fetch=download,
+                       advice=f"the package index serves different bytes for crabnet=={VERSION}: do not use them.")
 
 
 def _member(name: str) -> str:

@@ -55,6 +55,7 @@ import pandas as pd
 from harness.data.catalog import CATALOG
 from harness.data.custom import _stem, random_split
 from harness.data.dataset import DataError, Dataset, Split
+from harness.data.fetch import cached_file, sha256_file
 from harness.data.validate import SHOWN, check_splits, require_columns, validate_rows
 from harness.paths import cache_dir, data_dir
 
@@ -306,11 +307,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # ----------------------------------------------------------------------------- the matminer sdist
 
 
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _download_sdist(dest_dir: Path) -> Path:
     """pip first (it honours the user's index configuration), else PyPI's JSON API."""
     tmp = Path(tempfile.mkdtemp(prefix="download-", dir=dest_dir))
@@ -339,33 +335,7 @@ def _download_sdist(dest_dir: Path) -> Path:
 
 def sdist_path(download: bool = True) -> Path | None:
     """The verified sdist in ``cache_dir()/matminer``, fetched once; None if absent and not downloading."""
-    dest_dir = cache_dir() / "matminer"
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    path = dest_dir / SDIST_NAME
-    if not path.is_file():
-        if not download:
-            return None
-        got = _download_sdist(dest_dir)
-        _check_sdist(got, "downloaded")
-        got.replace(path)  # atomic
-        shutil.rmtree(got.parent, ignore_errors=True)
-    _check_sdist(path, "cached")
-    return path
-
-
-@functools.lru_cache(maxsize=4)
-def _verified(path: str, size: int, mtime: float) -> str:
-    return _sha256_file(Path(path))
-
-
-def _check_sdist(path: Path, origin: str) -> None:
-    st = path.stat()
-    digest = _verified(str(path), st.st_size, st.st_mtime)
-    if digest != SDIST_SHA256:
-        path.unlink(missing_ok=True)
-        _verified.cache_clear()
-        raise DataError(f"{origin} {path.name} has sha256 {digest}, expected {SDIST_SHA256}; the file was "
-                        f"removed. Run again to download it afresh; if this repeats, do not use those bytes.")
+    return cached_file(cache_dir() / "matminer", SDIST_NAME, SDIST_SHA256, _download_sdist, fetch=download)
 
 
 def read_sdist_member(name: str, sdist: Path | None = None) -> bytes:
@@ -500,7 +470,7 @@ def _jarvis_entries(path: str | Path | None) -> tuple[list[dict], str, str]:
         raise DataError(f"could not fetch JARVIS dft_3d with jarvis-tools ({type(exc).__name__}: {exc}); "
                         f"it needs internet access, or pass a local JSON file of the same layout") from None
     zipped = store / (get_db_info()["dft_3d"][1] + ".zip")
-    return entries, _sha256_file(zipped), str(zipped)
+    return entries, sha256_file(zipped), str(zipped)
 
 
 def load_jarvis(prop: str, *, path: str | Path | None = None, drop_invalid: bool = False,

@@ -46,3 +46,25 @@ class Features(Protocol):
     def matrix(self, indices: np.ndarray) -> np.ndarray:
         """Dense feature matrix (tabular input kinds only; used by scikit-learn models)."""
         ...
+
+
+def minibatches(
+    indices: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """The row order every ``Features.batches`` shares: ``(rows, y of those rows)`` per batch.
+
+    ``y`` is aligned with ``indices``; with ``shuffle`` the order is a ``torch.randperm`` drawn
+    from ``generator`` (so a seeded trainer sees the same batches on every run).
+    """
+    indices = np.asarray(indices)
+    y = torch.as_tensor(np.asarray(y), dtype=torch.float32)
+    if len(y) != len(indices):
+        raise ValueError(f"{len(indices)} indices but {len(y)} targets; pass y[indices]")
+    order = torch.randperm(len(indices), generator=generator) if shuffle else torch.arange(len(indices))
+    for start in range(0, len(order), batch_size):
+        take = order[start : start + batch_size]
+        yield indices[take.numpy()], y[take]

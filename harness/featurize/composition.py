@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from harness.data.dataset import DataError, Dataset
+from harness.featurize.base import minibatches
 
 N_ELEMENTS = 118  # H .. Og; token 0 is padding, so tables have 119 rows
 ELEMENT_TABLES = ("mat2vec", "onehot", "magpie", "oliynyk", "jarvis", "ptable", "random_200")
@@ -105,18 +106,12 @@ class CompositionTokens:
         generator: torch.Generator | None = None,
     ) -> Iterator[CompositionBatch]:
         """Batches of rows ``indices``; ``y[i]`` is the target of row ``indices[i]``."""
-        indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        y = torch.as_tensor(np.asarray(y), dtype=torch.float32)
-        if len(y) != len(indices):
-            raise ValueError(f"{len(indices)} indices but {len(y)} targets; pass y[indices]")
-        order = torch.randperm(len(indices), generator=generator) if shuffle else torch.arange(len(indices))
-        for start in range(0, len(order), batch_size):
-            take = order[start : start + batch_size]
-            rows = indices[take]
+        for rows, y_batch in minibatches(indices, y, batch_size, shuffle, generator):
+            rows = torch.from_numpy(rows)
             elements, fractions = self.elements[rows], self.fractions[rows]
             # Trim columns that are padding in the whole batch: attention cost grows with L.
             width = max(int((elements != 0).sum(dim=1).max()), 1)
-            yield CompositionBatch(elements[:, :width], fractions[:, :width], y[take])
+            yield CompositionBatch(elements[:, :width], fractions[:, :width], y_batch)
 
     def matrix(self, indices: np.ndarray) -> np.ndarray:
         raise TypeError("composition_tokens is not a tabular input kind; use a 'magpie' featurizer")

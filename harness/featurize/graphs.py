@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from harness.data.dataset import DataError, Dataset
+from harness.featurize.base import minibatches
 from harness.featurize.graph_types import CrystalGraph, GraphBatch
 from harness.paths import cache_dir
 
@@ -312,15 +313,9 @@ class CrystalGraphs:
         """Batches of rows ``indices``; ``y[i]`` is the target of row ``indices[i]``."""
         from torch_geometric.data import Batch
 
-        indices = np.asarray(indices)
-        y = torch.as_tensor(np.asarray(y), dtype=torch.float32)
-        if len(y) != len(indices):
-            raise ValueError(f"{len(indices)} indices but {len(y)} targets; pass y[indices]")
-        order = torch.randperm(len(indices), generator=generator) if shuffle else torch.arange(len(indices))
-        for start in range(0, len(order), batch_size):
-            take = order[start: start + batch_size]
-            graphs = [self.graph(int(indices[t])) for t in take]
-            yield GraphBatch(Batch.from_data_list(graphs), y[take])
+        for rows, y_batch in minibatches(indices, y, batch_size, shuffle, generator):
+            graphs = [self.graph(int(row)) for row in rows]
+            yield GraphBatch(Batch.from_data_list(graphs), y_batch)
 
     def matrix(self, indices: np.ndarray) -> np.ndarray:
         raise TypeError(f"{self.config.kind} is not a tabular input kind; use 'magpie_structure'")

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from harness.data.dataset import DataError, Dataset
+from harness.featurize.base import minibatches
 from harness.featurize.composition import parse_formula
 from harness.paths import cache_dir
 
@@ -96,15 +97,8 @@ class TabularFeatures:
         generator: torch.Generator | None = None,
     ) -> Iterator[TabularBatch]:
         """Batches of rows ``indices``; ``y[i]`` is the target of row ``indices[i]``."""
-        indices = np.asarray(indices)
-        y = torch.as_tensor(np.asarray(y), dtype=torch.float32)
-        if len(y) != len(indices):
-            raise ValueError(f"{len(indices)} indices but {len(y)} targets; pass y[indices]")
-        order = torch.randperm(len(indices), generator=generator) if shuffle else torch.arange(len(indices))
-        for start in range(0, len(order), batch_size):
-            take = order[start : start + batch_size]
-            x = torch.from_numpy(self.values[indices[take.numpy()]]).float()
-            yield TabularBatch(x, y[take])
+        for rows, y_batch in minibatches(indices, y, batch_size, shuffle, generator):
+            yield TabularBatch(torch.from_numpy(self.values[rows]).float(), y_batch)
 
     def matrix(self, indices: np.ndarray) -> np.ndarray:
         """``[len(indices), F]`` float64 rows, for scikit-learn."""

@@ -75,6 +75,7 @@ class SweepOptions:
     concurrent_searches: int = 1  # searches (model x dataset x split) running side by side
     max_concurrent_trials: int | None = None  # per search; None = as many as the cluster fits
     reuse_actors: bool = False  # reuse trial worker processes (many short trials)
+    num_cpus: int | None = None  # CPUs the embedded Ray may use (None = all); ignored with address
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -85,6 +86,13 @@ class SweepOptions:
             raise ValueError("--final-seeds must be >= 1")
         if self.cpus_per_trial <= 0:
             raise ValueError("--cpus-per-trial must be > 0")
+        if self.num_cpus is not None and self.num_cpus < self.cpus_per_trial:
+            raise ValueError(f"--num-cpus {self.num_cpus} leaves no room for one trial "
+                             f"(--cpus-per-trial {self.cpus_per_trial})")
+
+
+class SweepInterrupted(RuntimeError):
+    """Ctrl+C (SIGINT) stopped a search: its state is saved and ``--resume`` continues it."""
 
 
 @dataclass
@@ -140,8 +148,9 @@ def selected_splits(dataset: Dataset, folds: list[int] | None) -> list[Split]:
     return chosen
 
 
-def _init_ray(address: str | None) -> bool:
-    """Connect to ``address`` or start an embedded local Ray; True if we started it."""
+def _init_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to ``address`` or start an embedded local Ray (``num_cpus`` of this machine's
+    CPUs, all by default); True if we started it."""
     import ray
 
     if ray.is_initialized():
@@ -151,7 +160,8 @@ def _init_ray(address: str | None) -> bool:
         return False
     # address="local": always a fresh in-process cluster; without it ray.init() joins any
     # cluster a `ray start` left on this machine (or hangs on a dead one).
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
     return True
 
 
@@ -209,7 +219,8 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
         saved_opts, sweep_id = load_sweep(workdir)
         # The plan is the saved one; only where it runs may change (cluster, store, storage).
         opts = _replace_opts(saved_opts, workdir=workdir, address=opts.address or saved_opts.address,
-                             mlflow_uri=opts.mlflow_uri or saved_opts.mlflow_uri)
+                             mlflow_uri=opts.mlflow_uri or saved_opts.mlflow_uri,
+                             num_cpus=opts.num_cpus or saved_opts.num_cpus)
     else:
         # A workdir may hold several sweeps (one MLflow store); sweep.json names the latest,
         # which is the one --resume continues.
@@ -225,7 +236,7 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
 
     datasets = load_datasets(opts)
     _optuna_storage(workdir)
-    started_ray = _init_ray(opts.address)
+    started_ray = _init_ray(opts.address, opts.num_cpus)
     jobs: list[tuple] = []
     outcomes: list[SearchOutcome] = []
     try:
@@ -402,6 +413,11 @@ def _search_and_evaluate(
     if state["stage"] == "searching":
         results = _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label,
                               parent_run_id, tags, model, context)
+        if _interrupted(results, opts.num_samples):
+            # Tune catches SIGINT, saves the experiment and returns normally: the search must stay
+            # "searching" (not be judged on the trials so far) so that --resume finishes it.
+            raise SweepInterrupted(f"{label}: interrupted; its trials and Optuna study are saved. "
+                                   f"Continue with: harness sweep --resume {workdir}")
         states = _reconcile_trial_runs(client, workdir, search_name, results)
         best_params, best_value = _tally(results, states, outcome)
         client.log_batch(parent_run_id, metrics=[
@@ -501,6 +517,15 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
         ),
     )
     return tuner.fit()
+
+
+def _interrupted(results, num_samples: int) -> bool:
+    """Did the Tune run end early (SIGINT) rather than by finishing all ``num_samples`` trials?"""
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None)
+    if trials is None:  # Ray changed its internals: fall back to counting results
+        return len(results) < num_samples
+    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    return bool(unfinished) or len(trials) < num_samples
 
 
 def _trial_slots(opts: SweepOptions) -> int:

@@ -1,0 +1,78 @@
+"""Ctrl+C during a search stops the sweep with a resume hint, leaves the search unfinished
+(not judged on the trials so far), and `--resume` then completes it in the same MLflow runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harness.tuning.tracking import default_tracking_uri
+
+pytestmark = pytest.mark.slow
+
+TRIALS = 8
+
+
+def _sweep(*args: str) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", "sweep", *args]
+
+
+def _search_states(workdir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((workdir / "searches").glob("*.json"))]
+
+
+def _trial_runs(workdir: Path):
+    client = MlflowClient(default_tracking_uri(workdir))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=500)
+    return [r for r in runs if r.data.tags.get("stage") == "trial"], runs
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_search(tmp_path):
+    workdir = tmp_path / "w"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        _sweep("--models", "ridge", "--datasets", "aflow__ael_bulk_modulus_vrh", "--subsample", "300",
+               "--num-samples", str(TRIALS), "--max-epochs", "1", "--final-seeds", "1", "--workdir", str(workdir),
+               "--num-cpus", "1", "--seed", "0"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        mapping = workdir / "trial_runs"
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            files = list(mapping.glob("*.json")) if mapping.is_dir() else []
+            if files and len(json.loads(files[0].read_text() or "{}")) >= 2:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted:\n" + proc.stdout.read()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out
+    assert f"harness sweep --resume {workdir.resolve()}" in " ".join(out.split())
+    (state,) = _search_states(workdir)
+    assert state["stage"] == "searching", "an interrupted search must not be judged on its trials so far"
+    before, _ = _trial_runs(workdir)
+    assert 1 <= len(before) < TRIALS
+
+    done = subprocess.run(_sweep("--resume", str(workdir)), capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (state,) = _search_states(workdir)
+    assert state["stage"] == "done" and "best_params" in state
+    trials, runs = _trial_runs(workdir)
+    assert len(trials) == TRIALS  # no duplicate run for a trial that was running at Ctrl+C
+    assert {r.info.run_id for r in before} <= {r.info.run_id for r in trials}
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    finals = [r for r in runs if r.data.tags.get("stage") == "final"]
+    assert len(finals) == 1 and finals[0].data.metrics["test_mae"] > 0
