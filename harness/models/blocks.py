@@ -129,3 +129,12 @@ def gated_mean(out: Tensor, padding: Tensor) -> Tensor:
     out = out.sum(dim=1) / (~padding).sum(dim=1, keepdim=True)
     mean, log_std, gate = out.unbind(dim=-1)
     return torch.stack([mean * torch.sigmoid(gate), log_std], dim=-1)
+
+
+def glorot_linear_init_(model: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases on every ``nn.Linear`` of ``model``: TF-slim's
+    ``fully_connected`` defaults, which the TensorFlow originals of ElemNet and IRNet used."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from harness.featurize.fractions import MAX_Z
 from harness.featurize.magpie import TabularBatch
+from harness.models.blocks import glorot_linear_init_
 from harness.models.registry import ELEMENT_FRACTIONS, ModelSpec, register
 
 ELEMNET_STACKS = ((1024, 4), (512, 3), (256, 3), (128, 3), (64, 2), (32, 1))
@@ -72,10 +73,7 @@ class ElemNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """Glorot-uniform weights and zero biases, TF-slim's ``fully_connected`` defaults."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        glorot_linear_init_(self)
 
     def forward(self, batch: TabularBatch) -> Tensor:
         return self.net(batch.x).squeeze(-1)

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.featurize.magpie import N_MAGPIE, TabularBatch
+from harness.models.blocks import glorot_linear_init_
 from harness.models.registry import MAGPIE, ModelSpec, register
 
 IRNET17_STACKS = ((1024, 4), (512, 3), (256, 3), (128, 3), (64, 2), (32, 1))
@@ -156,11 +157,9 @@ class IRNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """Glorot-uniform weights and zero biases (TF-slim's defaults); fresh BatchNorm and standardiser."""
+        glorot_linear_init_(self)
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.BatchNorm1d, TrainStandardizer)):
+            if isinstance(module, (nn.BatchNorm1d, TrainStandardizer)):
                 module.reset_parameters()
 
     def forward(self, batch: TabularBatch) -> Tensor:
