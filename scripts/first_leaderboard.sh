@@ -40,14 +40,15 @@ ATTENTION=crabnet,hotcrab,lgdcnn,lgdcnn_v1
 STRUCTURE_LIGHT=cgcnn,schnet,lern,irnet17_structure,irnet48_structure
 STRUCTURE_HEAVY=alignn,crysformer
 
-# stage name | models | datasets | final seeds | extra options
+# stage name | models | datasets | final seeds | extra options. Cheapest first, and the fixed-split
+# sets before the 5-fold Matbench tasks, so that every model family appears early.
 PLAN=(
   "classical-extended|$CLASSICAL|$EXTENDED|2|--reuse-actors"
-  "classical-matbench|$CLASSICAL|$MATBENCH|1|--reuse-actors"
   "fc-extended|$FC|$EXTENDED|2|"
-  "fc-matbench|$FC|$MATBENCH|1|"
   "structure-light|$STRUCTURE_LIGHT|matbench_phonons|1|"
   "attention-extended|$ATTENTION|$EXTENDED|2|"
+  "classical-matbench|$CLASSICAL|$MATBENCH|1|--reuse-actors"
+  "fc-matbench|$FC|$MATBENCH|1|"
   "attention-matbench|$ATTENTION|$MATBENCH|1|"
   "structure-heavy|$STRUCTURE_HEAVY|matbench_phonons|1|"
 )
