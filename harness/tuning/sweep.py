@@ -472,7 +472,7 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
         console.print(f"{label}: resuming the Tune experiment at {experiment_path}")
         tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=space)
-        return tuner.fit()
+        return _fit_keeping_sigint(tuner)
     searcher = TruthfulOptunaSearch(
         sampler=make_sampler(opts.sampler, opts.seed),
         storage=_optuna_storage(workdir),
@@ -516,7 +516,22 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
-    return tuner.fit()
+    return _fit_keeping_sigint(tuner)
+
+
+def _fit_keeping_sigint(tuner):
+    """``tuner.fit()``, then put back the SIGINT handler Tune replaced: Tune's own handler stays
+    installed after a normal finish and would swallow a Ctrl+C during the final fits."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        return tuner.fit()
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _interrupted(results, num_samples: int) -> bool:
