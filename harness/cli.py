@@ -68,6 +68,10 @@ def _run_or_report_interrupt(run_sweep, *args, **kwargs) -> None:
     except SweepInterrupted as exc:
         err.print(f"[yellow]stopped:[/] {exc}")
         raise typer.Exit(130)
+    except KeyboardInterrupt:  # Ctrl+C outside a Tune search (featurizing, final fits)
+        workdir = Path(args[0].workdir).resolve()
+        err.print(f"[yellow]stopped:[/] interrupted. Continue with: harness sweep --resume {workdir}")
+        raise typer.Exit(130)
 
 
 def _tracking_uri(workdir: Path, mlflow_uri: str | None) -> str:
