@@ -67,3 +67,38 @@ def load_structures(dataset: str, n: int, seed: int = 0):
 
     ds = load_dataset(dataset)
     return ds.subsample(n, seed=seed) if n < len(ds) else ds
+
+
+def records_path(benchmark: str) -> Path:
+    """``$HARNESS_CACHE/benchmarks/<benchmark>.jsonl``: the finished fits of a long benchmark.
+
+    Long benchmarks append one JSON line per finished fit, so that several processes (one per
+    core) and several sessions add up; their RESULTS.md section is rendered from all records.
+    """
+    from harness.paths import cache_dir
+
+    return cache_dir() / "benchmarks" / f"{benchmark}.jsonl"
+
+
+def append_record(benchmark: str, record: dict) -> None:
+    import json
+
+    path = records_path(benchmark)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:  # one short line per write: parallel runs append safely
+        f.write(json.dumps(record) + "\n")
+
+
+def load_records(benchmark: str, key: tuple[str, ...]) -> list[dict]:
+    """The records of ``benchmark``; of those with equal ``key`` fields the latest wins."""
+    import json
+
+    path = records_path(benchmark)
+    if not path.is_file():
+        return []
+    latest: dict[tuple, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            latest[tuple(record.get(k) for k in key)] = record
+    return list(latest.values())

@@ -1,7 +1,8 @@
 """Accuracy on matbench_phonons (official Matbench folds): our structure models vs the leaderboard.
 
-    python benchmarks/phonons_accuracy.py [--models cgcnn,alignn,crysformer] [--folds 0 | all]
-                                          [--epochs N] [--threads 0] [--alignn-compile]
+    python benchmarks/phonons_accuracy.py run [--models cgcnn,alignn,crysformer] [--folds 0 | all]
+                                              [--epochs N] [--threads 0] [--alignn-compile]
+    python benchmarks/phonons_accuracy.py report   # re-render the RESULTS.md section from the records
 
 Each model is trained with its paper-default architecture and training recipe (registry
 ``train_defaults``: optimizer, lr, batch size, loss, 300 epochs unless ``--epochs``) by the shared
@@ -11,10 +12,14 @@ shows test MAE (cm^-1) beside the published Matbench v0.1 leaderboard value (mea
 folds, from ``../shared/reference_results.csv``): CGCNN 57.76, ALIGNN 29.54, SchNet 38.96
 (kgcnn). A single fold is not the 5-fold mean: read fold-0 numbers as an estimate.
 
-CPU cost (this is why the script is not run by the test suite): on 2 cores, one fold is minutes
-per epoch for ALIGNN and Crysformer (hours for 300 epochs); CGCNN and SchNet are ~10x cheaper.
-On a GPU (``cuda`` is used when present) all five folds are practical. Progress goes to stderr
-every 10 epochs; the table replaces its own section of ``benchmarks/RESULTS.md``.
+CPU cost (this is why the script is not run by the test suite): on 1 core ALIGNN and Crysformer
+take ~50 s per epoch of one fold (~4 h for 300 epochs); CGCNN and SchNet are ~50x cheaper.
+So a fit outlives a session: every epoch is checkpointed (``$HARNESS_CACHE/benchmarks/
+phonons_checkpoints/``) and the same command continues an unfinished fit where it stopped, with
+its RNG states, so the result equals an uninterrupted fit's. Finished fits are appended to
+``$HARNESS_CACHE/benchmarks/phonons_accuracy.jsonl`` and the ``phonons_accuracy`` section of
+``benchmarks/RESULTS.md`` is rendered from all records (runs on several cores add up). On a GPU
+(``cuda`` is used when present) all five folds are practical. Progress goes to stderr every 10 epochs.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import load_now, machine, reference_rows, write_section  # noqa: E402
+from _results import append_record, load_now, load_records, machine, reference_rows, records_path, write_section  # noqa: E402,E501
 
 SECTION = "phonons_accuracy"
+KEY = ("model", "fold", "seed", "epochs_planned")  # of records: the latest per key is shown
 LEADERBOARD_NAMES = {"alignn": "ALIGNN", "cgcnn": "CGCNN v2019", "schnet": "SchNet (kgcnn v2.1.0)"}
 FALLBACK = {"alignn": 29.5385, "cgcnn": 57.7635, "schnet": 38.9636}  # Matbench v0.1, cm^-1
 
@@ -43,8 +49,81 @@ def published() -> dict[str, float]:
     return values
 
 
+def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn: bool, features, ds) -> dict:
+    """Train ``name`` on one fold with its paper recipe, resuming its checkpoint; the record to append."""
+    import shutil
+
+    import torch
+
+    from harness.models import get_model
+    from harness.training import TrainConfig, Trainer, n_parameters, seed_everything
+
+    spec = get_model(name)
+    split = ds.split(f"fold{fold}")
+    recipe = {**spec.train_defaults, "seed": seed, **({"epochs": epochs} if epochs else {})}
+    config = TrainConfig.from_dict(recipe)
+    params = {"compile": True} if name == "alignn" and compile_alignn else {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    seed_everything(seed)
+    model = spec.build(spec.make_config(**params), features.info)
+    trainer = Trainer(model, features, ds.targets, split, config, device=device)
+    checkpoint = (records_path(SECTION).parent / "phonons_checkpoints"
+                  / f"{name}{'-compiled' if params else ''}_fold{fold}_seed{seed}_epochs{config.epochs}")
+    resume = checkpoint if (checkpoint / "trainer.pt").is_file() else None
+    seconds_before = 0.0
+    if resume is not None:
+        seconds_before = float((checkpoint / "seconds").read_text()) if (checkpoint / "seconds").is_file() else 0.0
+        print(f"{name} fold {fold}: continuing from {checkpoint}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+
+    def progress(metrics: dict, trainer_: Trainer) -> None:
+        trainer_.save_checkpoint(checkpoint)  # ~0.1 s; an epoch of the slow models is ~50 s
+        (checkpoint / "seconds").write_text(f"{seconds_before + time.perf_counter() - start:.1f}")
+        if metrics["epoch"] % 10 == 0 or metrics["epoch"] == 1:
+            print(f"{name} fold {fold} epoch {int(metrics['epoch'])}/{config.epochs}: train MAE "
+                  f"{metrics['train_mae']:.1f}, val MAE {metrics['val_mae']:.1f} "
+                  f"({metrics['epoch_seconds']:.0f} s/epoch)", file=sys.stderr, flush=True)
+
+    fit = trainer.fit(progress, resume_from=resume)
+    test = trainer.evaluate(split.test)
+    record = {"model": name, "fold": fold, "seed": seed, "epochs_planned": config.epochs,
+              "epochs": fit.epochs_run, "best_epoch": fit.best_epoch, "used_swa": fit.used_swa,
+              "val_mae": fit.best_val_mae, "test_mae": test["mae"], "parameters": n_parameters(model),
+              "minutes": (seconds_before + time.perf_counter() - start) / 60, "resumed": resume is not None,
+              "compiled": bool(params), "n_train": int(len(split.train)), "n_val": int(len(split.val)),
+              "n_test": int(len(split.test)), "data_sha256": ds.sha256, "device": device,
+              "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    shutil.rmtree(checkpoint, ignore_errors=True)  # the record replaces it
+    return record
+
+
+def render(records: list[dict]) -> str:
+    from harness.models import get_model
+
+    reference = published()
+    order = {"cgcnn": 0, "schnet": 1, "alignn": 2, "crysformer": 3}
+    records = sorted(records, key=lambda r: (order.get(r["model"], 9), r["model"], r["fold"], r["seed"]))
+    table = ["| model | fold | seed | parameters | epochs (best) | val MAE | **test MAE** | published (5-fold mean) "
+             "| minutes (threads, device) | date |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in records:
+        pub = f"{reference[r['model']]:.2f}" if r["model"] in reference else "–"
+        table.append(f"| {get_model(r['model']).label}{' (compiled)' if r.get('compiled') else ''} | {r['fold']} | "
+                     f"{r['seed']} | {r['parameters']:,} | {r['epochs']} ({r['best_epoch']}) | {r['val_mae']:.2f} | "
+                     f"**{r['test_mae']:.2f}** | {pub} | {r['minutes']:.1f} ({r['threads']}, {r['device']}) | "
+                     f"{r['date']} |")
+    return "\n".join([
+        "## matbench_phonons accuracy (`benchmarks/phonons_accuracy.py`)", "",
+        "Official Matbench folds; MAE of the last phonon DOS peak in cm^-1; paper-default architectures and "
+        "training recipes (300 epochs; the epochs column shows any override); the fold's val rows pick the best "
+        "epoch. Published = Matbench v0.1 leaderboard (mean of 5 folds), so a single fold is an estimate. "
+        f"Machine: {machine(1).split(';')[0].rsplit(',', 2)[0]}; load {load_now()} when rendered.", "",
+        *table, ""])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=("run", "report"))
     ap.add_argument("--models", default="cgcnn,alignn,crysformer")
     ap.add_argument("--folds", default="0", help="comma-separated fold numbers, or 'all'")
     ap.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (default: 300)")
@@ -54,66 +133,27 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
 
-    import torch
+    if args.action == "run":
+        import torch
 
-    from harness.data import load_dataset
-    from harness.featurize import featurize
-    from harness.models import get_model
-    from harness.training import TrainConfig, Trainer, n_parameters, seed_everything
+        from harness.data import load_dataset
+        from harness.featurize import featurize
+        from harness.models import get_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    header = machine(torch.get_num_threads()) if device == "cpu" else f"GPU {torch.cuda.get_device_name()}"
-    ds = load_dataset("matbench_phonons")
-    folds = list(range(5)) if args.folds == "all" else [int(f) for f in args.folds.split(",")]
-    reference = published()
-    features_by_kind: dict[str, object] = {}
-    results = []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        spec = get_model(name)
-        if spec.input_kind not in features_by_kind:
-            features_by_kind[spec.input_kind] = featurize(spec.input_kind, ds)  # cached on disk
-        features = features_by_kind[spec.input_kind]
-        params = {"compile": True} if name == "alignn" and args.alignn_compile else {}
-        for fold in folds:
-            split = ds.split(f"fold{fold}")
-            recipe = {**spec.train_defaults, "seed": args.seed}
-            if args.epochs:
-                recipe["epochs"] = args.epochs
-            config = TrainConfig.from_dict(recipe)
-            seed_everything(args.seed)
-            model = spec.build(spec.make_config(**params), features.info)
-            trainer = Trainer(model, features, ds.targets, split, config, device=device)
-
-            def progress(metrics: dict, _trainer, name=name, fold=fold) -> None:
-                if metrics["epoch"] % 10 == 0 or metrics["epoch"] == 1:
-                    print(f"{name} fold {fold} epoch {int(metrics['epoch'])}: train MAE {metrics['train_mae']:.1f}, "
-                          f"val MAE {metrics['val_mae']:.1f} ({metrics['epoch_seconds']:.0f} s/epoch)",
-                          file=sys.stderr, flush=True)
-
-            start = time.perf_counter()
-            fit = trainer.fit(progress)
-            seconds = time.perf_counter() - start
-            test = trainer.evaluate(split.test)
-            results.append((spec.label, name, fold, n_parameters(model), fit.epochs_run, fit.best_epoch,
-                            fit.best_val_mae, test["mae"], seconds))
-            print(f"{name} fold {fold}: test MAE {test['mae']:.2f} cm^-1 ({seconds / 60:.0f} min)", file=sys.stderr,
-                  flush=True)
-
-    table = ["| model | fold | parameters | epochs | best epoch | val MAE | **test MAE** | published (5-fold mean) "
-             "| minutes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for label, name, fold, params, epochs, best, val, test, seconds in results:
-        pub = f"{reference[name]:.2f}" if name in reference else "–"
-        table.append(f"| {label} | {fold} | {params:,} | {epochs} | {best} | {val:.2f} | **{test:.2f}** | {pub} | "
-                     f"{seconds / 60:.1f} |")
-    body = "\n".join([
-        "## matbench_phonons accuracy (`benchmarks/phonons_accuracy.py`)", "",
-        f"Official Matbench folds {folds}; MAE of the last phonon DOS peak in cm^-1; paper-default architectures and "
-        f"recipes{' (epochs overridden: ' + str(args.epochs) + ')' if args.epochs else ''}, seed {args.seed}. "
-        f"Published = Matbench v0.1 leaderboard (mean of 5 folds). Device: {header}, {load_now()} at the end", "",
-        *table, ""])
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        ds = load_dataset("matbench_phonons")
+        folds = list(range(5)) if args.folds == "all" else [int(f) for f in args.folds.split(",")]
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            features = featurize(get_model(name).input_kind, ds)  # cached on disk
+            for fold in folds:
+                record = fit_one(name, fold, args.seed, args.epochs, args.alignn_compile, features, ds)
+                append_record(SECTION, record)
+                print(f"{name} fold {fold}: test MAE {record['test_mae']:.2f} cm^-1 ({record['minutes']:.0f} min)",
+                      file=sys.stderr, flush=True)
+                if not args.no_write:
+                    write_section(SECTION, render(load_records(SECTION, KEY)))
+    body = render(load_records(SECTION, KEY))
     print(body)
     if not args.no_write:
         write_section(SECTION, body)

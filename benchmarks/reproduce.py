@@ -30,13 +30,12 @@ the FC nets ~5-10 min; RF seconds. Progress goes to stderr every 10 epochs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import load_now, machine, reference_rows, write_section  # noqa: E402
+from _results import append_record, load_now, load_records, machine, reference_rows, write_section  # noqa: E402
 
 SECTION = "reproduce"
 DATASETS = ("aflow__ael_bulk_modulus_vrh", "aflow__ael_shear_modulus_vrh", "mp_bulk_modulus", "mp_shear_modulus")
@@ -51,12 +50,7 @@ FALLBACK = {  # the same numbers, for a checkout without ../shared
     ("RF", "mp_bulk_modulus"): 14.358, ("RF", "mp_shear_modulus"): 12.777,
 }
 TOLERANCE = 0.05
-
-
-def records_path() -> Path:
-    from harness.paths import cache_dir
-
-    return cache_dir() / "benchmarks" / "reproduce.jsonl"
+KEY = ("model", "dataset", "seed")  # of records: the latest per key is shown
 
 
 def published() -> dict[tuple[str, str], float]:
@@ -113,18 +107,6 @@ def fit_one(name: str, dataset_name: str, seed: int, epochs: int | None) -> dict
                       parameters=n_parameters(model), recipe={k: v for k, v in recipe.items() if k != "seed"})
     record["minutes"] = (time.perf_counter() - start) / 60
     return record
-
-
-def load_records() -> list[dict]:
-    path = records_path()
-    if not path.is_file():
-        return []
-    latest: dict[tuple, dict] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            latest[(r["model"], r["dataset"], r["seed"])] = r
-    return list(latest.values())
 
 
 def render(records: list[dict]) -> str:
@@ -187,18 +169,15 @@ def main() -> None:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        path = records_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
         for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
             for name in [m.strip() for m in args.models.split(",") if m.strip()]:
                 record = fit_one(name, dataset, args.seed, args.epochs)
-                with open(path, "a") as f:  # one line per finished fit: parallel runs append safely
-                    f.write(json.dumps(record) + "\n")
+                append_record(SECTION, record)
                 print(f"{name} {dataset}: test MAE {record['test_mae']:.3f} ({record['minutes']:.1f} min)",
                       file=sys.stderr, flush=True)
                 if not args.no_write:  # keep RESULTS.md current after every fit
-                    write_section(SECTION, render(load_records()))
-    body = render(load_records())
+                    write_section(SECTION, render(load_records(SECTION, KEY)))
+    body = render(load_records(SECTION, KEY))
     print(body)
     if not args.no_write:
         write_section(SECTION, body)

@@ -76,3 +76,46 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_search(tmp_path):
     assert not [r for r in runs if r.info.status == "RUNNING"]
     finals = [r for r in runs if r.data.tags.get("stage") == "final"]
     assert len(finals) == 1 and finals[0].data.metrics["test_mae"] > 0
+
+
+def test_ctrl_c_during_final_fits_keeps_the_search_and_resume_fills_the_same_final_runs(tmp_path):
+    workdir = tmp_path / "w"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        _sweep("--models", "crabnet", "--datasets", "steels_yield", "--folds", "0", "--num-samples", "1", "--max-epochs", "5",
+               "--grace-period", "5", "--final-seeds", "2", "--workdir", str(workdir), "--num-cpus", "1",
+               "--seed", "0"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:  # the search runs to the end; Ctrl+C when the final fits start
+            lines.append(line)
+            if "final fits with seeds" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(lines) + out
+    assert proc.returncode == 130, out
+    assert f"harness sweep --resume {workdir.resolve()}" in " ".join(out.split())
+    (state,) = _search_states(workdir)
+    assert state["stage"] == "searched", "the finished search is kept; only the final fits are left to do"
+    finals_before = dict(state["final_runs"])
+    assert sorted(finals_before) == ["0", "1"]
+    trials_before, _ = _trial_runs(workdir)
+    assert len(trials_before) == 1 and trials_before[0].info.status == "FINISHED"
+
+    done = subprocess.run(_sweep("--resume", str(workdir)), capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (state,) = _search_states(workdir)
+    assert state["stage"] == "done" and state["final_runs"] == finals_before  # the same runs were filled
+    trials, runs = _trial_runs(workdir)
+    assert [r.info.run_id for r in trials] == [r.info.run_id for r in trials_before]  # no new search
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    finals = {r.info.run_id: r for r in runs if r.data.tags.get("stage") == "final"}
+    assert set(finals) == set(finals_before.values())
+    assert all(r.info.status == "FINISHED" and r.data.metrics["test_mae"] > 0 for r in finals.values())
