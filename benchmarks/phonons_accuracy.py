@@ -1,6 +1,6 @@
 """Accuracy on matbench_phonons (official Matbench folds): our structure models vs the leaderboard.
 
-    python benchmarks/phonons_accuracy.py run [--models cgcnn,alignn,crysformer] [--folds 0 | all]
+    python benchmarks/phonons_accuracy.py run [--models cgcnn,alignn,crysformer,rf,dummy] [--folds 0 | all]
                                               [--epochs N] [--threads 0] [--alignn-compile]
     python benchmarks/phonons_accuracy.py report   # re-render the RESULTS.md section from the records
 
@@ -34,8 +34,9 @@ from _results import append_record, load_now, load_records, machine, reference_r
 
 SECTION = "phonons_accuracy"
 KEY = ("model", "fold", "seed", "epochs_planned")  # of records: the latest per key is shown
-LEADERBOARD_NAMES = {"alignn": "ALIGNN", "cgcnn": "CGCNN v2019", "schnet": "SchNet (kgcnn v2.1.0)"}
-FALLBACK = {"alignn": 29.5385, "cgcnn": 57.7635, "schnet": 38.9636}  # Matbench v0.1, cm^-1
+LEADERBOARD_NAMES = {"alignn": "ALIGNN", "cgcnn": "CGCNN v2019", "schnet": "SchNet (kgcnn v2.1.0)",
+                     "rf": "RF-SCM/Magpie", "dummy": "Dummy"}
+FALLBACK = {"alignn": 29.5385, "cgcnn": 57.7635, "schnet": 38.9636, "rf": 67.6126, "dummy": 323.9822}  # cm^-1
 
 
 def published() -> dict[str, float]:
@@ -58,8 +59,10 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn:
     from harness.models import get_model
     from harness.training import TrainConfig, Trainer, n_parameters, seed_everything
 
-    spec = get_model(name)
     split = ds.split(f"fold{fold}")
+    if name == "dummy" or get_model(name).framework == "sklearn":
+        return baseline_record(name, fold, seed, features, ds, split)
+    spec = get_model(name)
     recipe = {**spec.train_defaults, "seed": seed, **({"epochs": epochs} if epochs else {})}
     config = TrainConfig.from_dict(recipe)
     params = {"compile": True} if name == "alignn" and compile_alignn else {}
@@ -97,19 +100,68 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn:
     return record
 
 
+def baseline_record(name: str, fold: int, seed: int, features, ds, split) -> dict:
+    """Matbench's Dummy (the training mean) or a scikit-learn model of the registry (``rf`` on Magpie).
+
+    Cheap yardsticks of a fold's difficulty: their 5-fold means are on the leaderboard too
+    (Dummy 323.98, RF-SCM/Magpie 67.61), so ``fold k / 5-fold mean`` of ours says how much
+    harder fold k is than the average, which a single-fold neural-net figure cannot say.
+    """
+    import numpy as np
+
+    from harness.models import get_model
+    from harness.training.sklearn_fit import final_sklearn
+
+    start = time.perf_counter()
+    y = np.asarray(ds.targets, dtype=np.float64)
+    if name == "dummy":
+        test_mae = float(np.abs(y[split.test] - y[split.train].mean()).mean())
+        val_mae = float(np.abs(y[split.val] - y[split.train].mean()).mean())
+        parameters = 1
+    else:
+        spec = get_model(name)
+        metrics = final_sklearn(spec, spec.make_config(), features, y, split, seed)["metrics"]
+        test_mae, val_mae, parameters = metrics["test_mae"], metrics["val_mae"], None
+    return {"model": name, "fold": fold, "seed": seed, "epochs_planned": None, "epochs": None, "best_epoch": None,
+            "val_mae": val_mae, "test_mae": test_mae, "parameters": parameters,
+            "minutes": (time.perf_counter() - start) / 60, "resumed": False, "compiled": False,
+            "n_train": int(len(split.train)), "n_val": int(len(split.val)), "n_test": int(len(split.test)),
+            "data_sha256": ds.sha256, "device": "cpu", "threads": 1, "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def fold_difficulty(records: list[dict]) -> list[str]:
+    """Per fold: a baseline's test MAE over its own 5-fold mean (when all 5 folds are recorded)."""
+    lines = []
+    for name in ("dummy", "rf"):
+        by_fold = {r["fold"]: r["test_mae"] for r in records if r["model"] == name}
+        if sorted(by_fold) != list(range(5)):
+            continue
+        mean = sum(by_fold.values()) / 5
+        ratios = ", ".join(f"fold {k} {by_fold[k] / mean:.2f}" for k in range(5))
+        lines.append(f"- {'Dummy' if name == 'dummy' else 'RF (Magpie)'}: 5-fold mean {mean:.2f}; "
+                     f"fold / mean: {ratios}")
+    if lines:
+        lines = ["Fold difficulty (a single fold vs the 5-fold mean, measured with the cheap baselines):", "",
+                 *lines, ""]
+    return lines
+
+
 def render(records: list[dict]) -> str:
     from harness.models import get_model
 
     reference = published()
-    order = {"cgcnn": 0, "schnet": 1, "alignn": 2, "crysformer": 3}
+    order = {"dummy": 0, "rf": 1, "cgcnn": 2, "schnet": 3, "alignn": 4, "crysformer": 5}
     records = sorted(records, key=lambda r: (order.get(r["model"], 9), r["model"], r["fold"], r["seed"]))
     table = ["| model | fold | seed | parameters | epochs (best) | val MAE | **test MAE** | published (5-fold mean) "
              "| minutes (threads, device) | date |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in records:
         pub = f"{reference[r['model']]:.2f}" if r["model"] in reference else "–"
-        table.append(f"| {get_model(r['model']).label}{' (compiled)' if r.get('compiled') else ''} | {r['fold']} | "
-                     f"{r['seed']} | {r['parameters']:,} | {r['epochs']} ({r['best_epoch']}) | {r['val_mae']:.2f} | "
+        label = "Dummy (train mean)" if r["model"] == "dummy" else get_model(r["model"]).label
+        epochs = "–" if r["epochs"] is None else f"{r['epochs']} ({r['best_epoch']})"
+        params = "–" if r["parameters"] is None else f"{r['parameters']:,}"
+        table.append(f"| {label}{' (compiled)' if r.get('compiled') else ''} | {r['fold']} | "
+                     f"{r['seed']} | {params} | {epochs} | {r['val_mae']:.2f} | "
                      f"**{r['test_mae']:.2f}** | {pub} | {r['minutes']:.1f} ({r['threads']}, {r['device']}) | "
                      f"{r['date']} |")
     return "\n".join([
@@ -118,7 +170,7 @@ def render(records: list[dict]) -> str:
         "training recipes (300 epochs; the epochs column shows any override); the fold's val rows pick the best "
         "epoch. Published = Matbench v0.1 leaderboard (mean of 5 folds), so a single fold is an estimate. "
         f"Machine: {machine(1).split(';')[0].rsplit(',', 2)[0]}; load {load_now()} when rendered.", "",
-        *table, ""])
+        *table, "", *fold_difficulty(records)])
 
 
 def main() -> None:
@@ -145,7 +197,7 @@ def main() -> None:
         ds = load_dataset("matbench_phonons")
         folds = list(range(5)) if args.folds == "all" else [int(f) for f in args.folds.split(",")]
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            features = featurize(get_model(name).input_kind, ds)  # cached on disk
+            features = None if name == "dummy" else featurize(get_model(name).input_kind, ds)  # cached on disk
             for fold in folds:
                 record = fit_one(name, fold, args.seed, args.epochs, args.alignn_compile, features, ds)
                 append_record(SECTION, record)
