@@ -72,6 +72,9 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_search(tmp_path):
     assert state["stage"] == "done" and "best_params" in state
     trials, runs = _trial_runs(workdir)
     assert len(trials) == TRIALS  # no duplicate run for a trial that was running at Ctrl+C
+    # a classical trial cannot be pruned: the one cut off by Ctrl+C is re-run, not recorded as pruned
+    assert [r.data.tags.get("trial_state") for r in trials] == ["completed"] * TRIALS
+    assert state["trials"] == {"completed": TRIALS, "pruned": 0, "failed": 0}
     assert {r.info.run_id for r in before} <= {r.info.run_id for r in trials}
     assert not [r for r in runs if r.info.status == "RUNNING"]
     finals = [r for r in runs if r.data.tags.get("stage") == "final"]
