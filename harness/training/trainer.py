@@ -133,6 +133,9 @@ def build_scheduler(
         )
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+    if config.scheduler == "step":  # stepped per batch like the others: the milestone in batches
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[config.step_epoch * steps_per_epoch], gamma=config.step_gamma)
     return None
 
 
@@ -359,7 +362,9 @@ class Trainer:
         if path.is_dir():
             path = path / CHECKPOINT_FILE
         state = torch.load(path, map_location="cpu", weights_only=True)
-        saved = {k: v for k, v in state["config"].items() if k != "num_threads"}
+        # A field added to TrainConfig after the checkpoint was written counts as its default.
+        defaults = dataclasses.asdict(TrainConfig())
+        saved = {k: v for k, v in {**defaults, **state["config"]}.items() if k != "num_threads"}
         mine = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "num_threads"}
         if saved != mine:
             changed = sorted(k for k in mine if saved.get(k) != mine[k])
