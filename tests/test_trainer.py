@@ -158,13 +158,3 @@ def test_recipes_run(data, optimizer: str, scheduler: str, loss: str) -> None:
               "lr": 1e-3, "grad_clip": 1.0, "swa": True, "swa_start": 0.0}
     result = trainer(data, config).fit()
     assert result.epochs_run == 2 and np.isfinite(result.best_val_mae)
-
-
-def test_step_schedule_divides_the_lr_after_step_epoch(data) -> None:
-    """CGCNN's MultiStepLR: lr 0.01 for the first ``step_epoch`` epochs, then 0.001."""
-    config = {"epochs": 4, "batch_size": 16, "optimizer": "sgd", "lr": 0.01, "scheduler": "step",
-              "step_epoch": 2, "step_gamma": 0.1}
-    lrs = [h["lr"] for h in trainer(data, config).fit().history]  # the lr after each epoch's last step
-    assert lrs == pytest.approx([0.01, 0.001, 0.001, 0.001])
-    with pytest.raises(ValueError, match="step_gamma"):
-        TrainConfig(scheduler="step", step_gamma=0.0)

@@ -11,7 +11,7 @@ from typing import Any
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lamb_lookahead")
 LOSSES = ("mae", "mse", "robust_l1")
-SCHEDULERS = ("none", "cyclic", "cosine", "step")
+SCHEDULERS = ("none", "cyclic", "cosine")
 
 
 @dataclass
@@ -25,8 +25,6 @@ class TrainConfig:
     scheduler: str = "none"
     base_lr: float = 1e-4  # cyclic schedule bounds (CrabNet: 1e-4 .. 6e-3)
     max_lr: float = 6e-3
-    step_epoch: int = 100  # "step" schedule: lr *= step_gamma after this many epochs (CGCNN's MultiStepLR)
-    step_gamma: float = 0.1
     swa: bool = False  # stochastic weight averaging over the later cyclic-LR cycles
     swa_start: float = 0.5  # fraction of epochs after which SWA averaging starts
     patience: int | None = None  # early stopping on val MAE; None = off
@@ -44,8 +42,6 @@ class TrainConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        if self.step_epoch < 1 or not 0 < self.step_gamma <= 1:
-            raise ValueError(f"step_epoch must be >= 1 and 0 < step_gamma <= 1, got {self.step_epoch}, {self.step_gamma}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.batch_size is not None and self.batch_size < 1:

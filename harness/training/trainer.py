@@ -133,9 +133,6 @@ def build_scheduler(
         )
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
-    if config.scheduler == "step":  # stepped per batch like the others: the milestone in batches
-        return torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=[config.step_epoch * steps_per_epoch], gamma=config.step_gamma)
     return None
 
 
