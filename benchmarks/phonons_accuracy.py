@@ -94,7 +94,8 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn:
               "epochs": fit.epochs_run, "best_epoch": fit.best_epoch, "used_swa": fit.used_swa,
               "val_mae": fit.best_val_mae, "test_mae": test["mae"], "parameters": n_parameters(model),
               "minutes": (seconds_before + time.perf_counter() - start) / 60, "resumed": resume is not None,
-              "compiled": bool(params), "n_train": int(len(split.train)), "n_val": int(len(split.val)),
+              "compiled": bool(params), "recipe": {k: v for k, v in recipe.items() if k != "seed"},
+              "n_train": int(len(split.train)), "n_val": int(len(split.val)),
               "n_test": int(len(split.test)), "data_sha256": ds.sha256, "device": device,
               "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
     shutil.rmtree(checkpoint, ignore_errors=True)  # the record replaces it
