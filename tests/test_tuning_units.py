@@ -86,3 +86,23 @@ def test_result_that_ends_a_trial_is_recorded_as_its_last_intermediate_value(tmp
     searcher.on_trial_complete("a", {"best_val_mae": 0.4, "training_iteration": 2, FINISHED_KEY: True})
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}")
     assert study.trials[0].intermediate_values == {1: 0.9, 2: 0.4}
+
+
+def test_embedded_ray_runs_trials_at_the_drivers_priority(monkeypatch):
+    """Ray's default worker niceness (15) lets any ordinary process starve the trials and
+    stretch the wall-clock cost on the leaderboards; the embedded cluster runs them at nice 0
+    relative to the driver unless the user set RAY_worker_niceness."""
+    import os
+
+    import ray
+
+    from harness.tuning.sweep import _init_ray
+
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    try:
+        assert _init_ray(None, num_cpus=1)
+        worker_nice = ray.get(ray.remote(lambda: os.nice(0)).remote())
+    finally:
+        ray.shutdown()
+        os.environ.pop("RAY_worker_niceness", None)
+    assert worker_nice == os.nice(0)
