@@ -30,7 +30,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import append_record, load_now, load_records, machine, reference_rows, records_path, write_section  # noqa: E402,E501
+from _results import (  # noqa: E402
+    append_record, load_now, load_records, machine, reference_rows, records_path, write_section,
+)
 
 SECTION = "phonons_accuracy"
 ORDER = {"dummy": 0, "rf": 1, "cgcnn": 2, "schnet": 3, "alignn": 4, "crysformer": 5}  # table rows
