@@ -100,5 +100,5 @@ def load_records(benchmark: str, key: tuple[str, ...]) -> list[dict]:
     for line in path.read_text().splitlines():
         if line.strip():
             record = json.loads(line)
-            latest[tuple(record.get(k) for k in key)] = record
+            latest[tuple(record.get(k, "") for k in key)] = record  # a field added later: ""
     return list(latest.values())

@@ -2,6 +2,7 @@
 
     python benchmarks/phonons_accuracy.py run [--models cgcnn,alignn,crysformer,rf,dummy] [--folds 0 | all]
                                               [--epochs N] [--threads 0] [--alignn-compile]
+                                              [--variant loss=mae ...]
     python benchmarks/phonons_accuracy.py report   # re-render the RESULTS.md section from the records
 
 Each model is trained with its paper-default architecture and training recipe (registry
@@ -36,7 +37,7 @@ from _results import (  # noqa: E402
 
 SECTION = "phonons_accuracy"
 ORDER = {"dummy": 0, "rf": 1, "cgcnn": 2, "schnet": 3, "alignn": 4, "crysformer": 5}  # table rows
-KEY = ("model", "fold", "seed", "epochs_planned")  # of records: the latest per key is shown
+KEY = ("model", "variant", "fold", "seed", "epochs_planned")  # of records: the latest per key is shown
 LEADERBOARD_NAMES = {"alignn": "ALIGNN", "cgcnn": "CGCNN v2019", "schnet": "SchNet (kgcnn v2.1.0)",
                      "rf": "RF-SCM/Magpie", "dummy": "Dummy"}
 FALLBACK = {"alignn": 29.5385, "cgcnn": 57.7635, "schnet": 38.9636, "rf": 67.6126, "dummy": 323.9822}  # cm^-1
@@ -53,8 +54,32 @@ def published() -> dict[str, float]:
     return values
 
 
-def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn: bool, features, ds) -> dict:
-    """Train ``name`` on one fold with its paper recipe, resuming its checkpoint; the record to append."""
+def parse_variant(items: list[str]) -> dict[str, object]:
+    """``["loss=mae", "hidden_channels=128"]`` -> ``{"loss": "mae", "hidden_channels": 128}`` (literals)."""
+    import ast
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--variant {item!r}: expected FIELD=VALUE, e.g. loss=mae")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value  # a bare word such as mae
+    return out
+
+
+def variant_name(variant: dict[str, object]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(variant.items()))
+
+
+def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn: bool, features, ds,
+            variant: dict[str, object] | None = None) -> dict:
+    """Train ``name`` on one fold with its paper recipe (plus ``variant``: TrainConfig or model-config
+    fields that replace the paper's), resuming its checkpoint; the record to append."""
+    import dataclasses
+
     import shutil
 
     import torch
@@ -66,15 +91,21 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn:
     if name == "dummy" or get_model(name).framework == "sklearn":
         return baseline_record(name, fold, seed, features, ds, split)
     spec = get_model(name)
-    recipe = {**spec.train_defaults, "seed": seed, **({"epochs": epochs} if epochs else {})}
+    variant = variant or {}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    recipe = {**spec.train_defaults, "seed": seed, **({"epochs": epochs} if epochs else {}),
+              **{k: v for k, v in variant.items() if k in train_fields}}
     config = TrainConfig.from_dict(recipe)
     params = {"compile": True} if name == "alignn" and compile_alignn else {}
+    params.update({k: v for k, v in variant.items() if k not in train_fields})  # make_config rejects unknowns
     device = "cuda" if torch.cuda.is_available() else "cpu"
     seed_everything(seed)
     model = spec.build(spec.make_config(**params), features.info)
     trainer = Trainer(model, features, ds.targets, split, config, device=device)
     checkpoint = (records_path(SECTION).parent / "phonons_checkpoints"
-                  / f"{name}{'-compiled' if params else ''}_fold{fold}_seed{seed}_epochs{config.epochs}")
+                  / f"{name}{'-compiled' if compile_alignn and name == 'alignn' else ''}"
+                    f"{'_' + variant_name(variant).replace(', ', '_') if variant else ''}"
+                    f"_fold{fold}_seed{seed}_epochs{config.epochs}")
     resume = checkpoint if (checkpoint / "trainer.pt").is_file() else None
     seconds_before = 0.0
     if resume is not None:
@@ -92,11 +123,11 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn:
 
     fit = trainer.fit(progress, resume_from=resume)
     test = trainer.evaluate(split.test)
-    record = {"model": name, "fold": fold, "seed": seed, "epochs_planned": config.epochs,
+    record = {"model": name, "variant": variant_name(variant), "fold": fold, "seed": seed, "epochs_planned": config.epochs,
               "epochs": fit.epochs_run, "best_epoch": fit.best_epoch, "used_swa": fit.used_swa,
               "val_mae": fit.best_val_mae, "test_mae": test["mae"], "parameters": n_parameters(model),
               "minutes": (seconds_before + time.perf_counter() - start) / 60, "resumed": resume is not None,
-              "compiled": bool(params), "recipe": {k: v for k, v in recipe.items() if k != "seed"},
+              "compiled": bool(params.get("compile")), "recipe": {k: v for k, v in recipe.items() if k != "seed"},
               "n_train": int(len(split.train)), "n_val": int(len(split.val)),
               "n_test": int(len(split.test)), "data_sha256": ds.sha256, "device": device,
               "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -137,19 +168,18 @@ def five_fold_means(records: list[dict]) -> list[str]:
     """Every model with all five folds recorded: mean ± std of the fold MAEs vs the leaderboard's mean."""
     import statistics
 
-    from harness.models import get_model
-
     reference = published()
     rows = []
-    for name in sorted({r["model"] for r in records}, key=lambda m: (ORDER.get(m, 9), m)):
-        by_fold = {r["fold"]: r["test_mae"] for r in records if r["model"] == name and r["epochs"] in (None, 300)}
+    runs = sorted({(r["model"], r.get("variant", "")) for r in records}, key=lambda m: (ORDER.get(m[0], 9), m))
+    for name, variant in runs:
+        by_fold = {r["fold"]: r for r in records if (r["model"], r.get("variant", "")) == (name, variant)
+                   and r["epochs"] in (None, 300)}
         if sorted(by_fold) != list(range(5)):
             continue
-        values = [by_fold[k] for k in range(5)]
+        values = [by_fold[k]["test_mae"] for k in range(5)]
         mean, std = statistics.mean(values), statistics.stdev(values)
         pub = reference.get(name)
-        label = "Dummy (train mean)" if name == "dummy" else get_model(name).label
-        rows.append(f"| {label} | **{mean:.2f} ± {std:.2f}** | {'–' if pub is None else f'{pub:.2f}'} | "
+        rows.append(f"| {label_of(by_fold[0])} | **{mean:.2f} ± {std:.2f}** | {'–' if pub is None else f'{pub:.2f}'} | "
                     f"{'–' if pub is None else f'{mean / pub:.2f}'} |")
     if not rows:
         return []
@@ -175,20 +205,28 @@ def fold_difficulty(records: list[dict]) -> list[str]:
     return lines
 
 
-def render(records: list[dict]) -> str:
+def label_of(record: dict) -> str:
+    """The model's label, and how its recipe differs from the paper's (``--variant``)."""
     from harness.models import get_model
 
+    label = "Dummy (train mean)" if record["model"] == "dummy" else get_model(record["model"]).label
+    if record.get("compiled"):
+        label += " (compiled)"
+    return label + (f" [{record['variant']}]" if record.get("variant") else "")
+
+
+def render(records: list[dict]) -> str:
     reference = published()
-    records = sorted(records, key=lambda r: (ORDER.get(r["model"], 9), r["model"], r["fold"], r["seed"]))
+    records = sorted(records, key=lambda r: (ORDER.get(r["model"], 9), r["model"], r.get("variant", ""),
+                                             r["fold"], r["seed"]))
     table = ["| model | fold | seed | parameters | epochs (best) | val MAE | **test MAE** | published (5-fold mean) "
              "| minutes (threads, device) | date |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in records:
         pub = f"{reference[r['model']]:.2f}" if r["model"] in reference else "–"
-        label = "Dummy (train mean)" if r["model"] == "dummy" else get_model(r["model"]).label
         epochs = "–" if r["epochs"] is None else f"{r['epochs']} ({r['best_epoch']})"
         params = "–" if r["parameters"] is None else f"{r['parameters']:,}"
-        table.append(f"| {label}{' (compiled)' if r.get('compiled') else ''} | {r['fold']} | "
+        table.append(f"| {label_of(r)} | {r['fold']} | "
                      f"{r['seed']} | {params} | {epochs} | {r['val_mae']:.2f} | "
                      f"**{r['test_mae']:.2f}** | {pub} | {r['minutes']:.1f} ({r['threads']}, {r['device']}) | "
                      f"{r['date']} |")
@@ -212,6 +250,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--alignn-compile", action="store_true", help="ALIGNN with compile=True (faster steps)")
+    ap.add_argument("--variant", action="append", default=[], metavar="FIELD=VALUE",
+                    help="replace a field of the paper recipe (TrainConfig, e.g. loss=mae) or of the model "
+                         "config (e.g. hidden_channels=128); repeatable; recorded and shown as its own rows")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
 
@@ -229,7 +270,8 @@ def main() -> None:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             features = None if name == "dummy" else featurize(get_model(name).input_kind, ds)  # cached on disk
             for fold in folds:
-                record = fit_one(name, fold, args.seed, args.epochs, args.alignn_compile, features, ds)
+                record = fit_one(name, fold, args.seed, args.epochs, args.alignn_compile, features, ds,
+                                 parse_variant(args.variant))
                 append_record(SECTION, record)
                 print(f"{name} fold {fold}: test MAE {record['test_mae']:.2f} cm^-1 ({record['minutes']:.0f} min)",
                       file=sys.stderr, flush=True)
