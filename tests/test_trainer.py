@@ -158,3 +158,20 @@ def test_recipes_run(data, optimizer: str, scheduler: str, loss: str) -> None:
               "lr": 1e-3, "grad_clip": 1.0, "swa": True, "swa_start": 0.0}
     result = trainer(data, config).fit()
     assert result.epochs_run == 2 and np.isfinite(result.best_val_mae)
+
+
+def test_checkpoint_from_before_a_new_config_field_still_loads(data, tmp_path: Path) -> None:
+    """A field added to TrainConfig later (absent from an older checkpoint) counts as its default;
+    a field that really differs is still refused."""
+    config = {"epochs": 2, "batch_size": 16}
+    first = trainer(data, config)
+    first.fit()
+    first.save_checkpoint(tmp_path)
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    del state["config"]["grad_clip"]  # as if written before grad_clip existed (default None)
+    torch.save(state, tmp_path / CHECKPOINT_FILE)
+    resumed = trainer(data, config)
+    resumed.load_checkpoint(tmp_path)
+    assert resumed.epoch == 2
+    with pytest.raises(ValueError, match="grad_clip"):
+        trainer(data, {**config, "grad_clip": 1.0}).load_checkpoint(tmp_path)
