@@ -74,12 +74,18 @@ def variant_name(variant: dict[str, object]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(variant.items()))
 
 
+def checkpoint_dir(name: str, compiled: bool, variant: dict, fold: int, seed: int, epochs: int) -> Path:
+    """Where an unfinished fit keeps its per-epoch checkpoint (one per model, variant, fold, seed, epochs)."""
+    tag = "_" + variant_name(variant).replace(", ", "_") if variant else ""
+    return (records_path(SECTION).parent / "phonons_checkpoints"
+            / f"{name}{'-compiled' if compiled else ''}{tag}_fold{fold}_seed{seed}_epochs{epochs}")
+
+
 def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn: bool, features, ds,
             variant: dict[str, object] | None = None) -> dict:
     """Train ``name`` on one fold with its paper recipe (plus ``variant``: TrainConfig or model-config
     fields that replace the paper's), resuming its checkpoint; the record to append."""
     import dataclasses
-
     import shutil
 
     import torch
@@ -102,10 +108,7 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn:
     seed_everything(seed)
     model = spec.build(spec.make_config(**params), features.info)
     trainer = Trainer(model, features, ds.targets, split, config, device=device)
-    checkpoint = (records_path(SECTION).parent / "phonons_checkpoints"
-                  / f"{name}{'-compiled' if compile_alignn and name == 'alignn' else ''}"
-                    f"{'_' + variant_name(variant).replace(', ', '_') if variant else ''}"
-                    f"_fold{fold}_seed{seed}_epochs{config.epochs}")
+    checkpoint = checkpoint_dir(name, bool(params.get("compile")), variant, fold, seed, config.epochs)
     resume = checkpoint if (checkpoint / "trainer.pt").is_file() else None
     seconds_before = 0.0
     if resume is not None:
@@ -123,8 +126,9 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn:
 
     fit = trainer.fit(progress, resume_from=resume)
     test = trainer.evaluate(split.test)
-    record = {"model": name, "variant": variant_name(variant), "fold": fold, "seed": seed, "epochs_planned": config.epochs,
-              "epochs": fit.epochs_run, "best_epoch": fit.best_epoch, "used_swa": fit.used_swa,
+    record = {"model": name, "variant": variant_name(variant), "fold": fold, "seed": seed,
+              "epochs_planned": config.epochs, "epochs": fit.epochs_run, "best_epoch": fit.best_epoch,
+              "used_swa": fit.used_swa,
               "val_mae": fit.best_val_mae, "test_mae": test["mae"], "parameters": n_parameters(model),
               "minutes": (seconds_before + time.perf_counter() - start) / 60, "resumed": resume is not None,
               "compiled": bool(params.get("compile")), "recipe": {k: v for k, v in recipe.items() if k != "seed"},
@@ -136,7 +140,8 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn:
 
 
 def baseline_record(name: str, fold: int, seed: int, features, ds, split) -> dict:
-    """Matbench's Dummy (the training mean) or a scikit-learn model of the registry (``rf`` on Magpie).
+    """A Dummy (the mean of the fold's training rows; Matbench's Dummy also averages the val part)
+    or a scikit-learn model of the registry (``rf`` on Magpie).
 
     Cheap yardsticks of a fold's difficulty: their 5-fold means are on the leaderboard too
     (Dummy 323.98, RF-SCM/Magpie 67.61), so ``fold k / 5-fold mean`` of ours says how much
@@ -179,7 +184,8 @@ def five_fold_means(records: list[dict]) -> list[str]:
         values = [by_fold[k]["test_mae"] for k in range(5)]
         mean, std = statistics.mean(values), statistics.stdev(values)
         pub = reference.get(name)
-        rows.append(f"| {label_of(by_fold[0])} | **{mean:.2f} ± {std:.2f}** | {'–' if pub is None else f'{pub:.2f}'} | "
+        published_cell = "–" if pub is None else f"{pub:.2f}"
+        rows.append(f"| {label_of(by_fold[0])} | **{mean:.2f} ± {std:.2f}** | {published_cell} | "
                     f"{'–' if pub is None else f'{mean / pub:.2f}'} |")
     if not rows:
         return []
@@ -234,7 +240,8 @@ def render(records: list[dict]) -> str:
         "## matbench_phonons accuracy (`benchmarks/phonons_accuracy.py`)", "",
         "Official Matbench folds; MAE of the last phonon DOS peak in cm^-1; paper-default architectures and "
         "training recipes (300 epochs; the epochs column shows any override); the fold's val rows pick the best "
-        "epoch. Published = Matbench v0.1 leaderboard (mean of 5 folds), so a single fold is an estimate. "
+        "epoch; a row marked [field=value] is a `--variant` experiment that replaces that field of the recipe. "
+        "Published = Matbench v0.1 leaderboard (mean of 5 folds), so a single fold is an estimate. "
         "Baselines: Dummy predicts the mean of the fold's training rows; RF is scikit-learn's (100 trees) on the "
         "145 Magpie attributes, beside the leaderboard's RF-SCM/Magpie (which adds sine-Coulomb-matrix features). "
         f"Machine: {machine(1).split(';')[0].rsplit(',', 2)[0]}; load {load_now()} when rendered.", "",
