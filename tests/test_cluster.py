@@ -96,15 +96,19 @@ def test_sweep_survives_losing_the_worker_node(cluster):
     proc = harness(_sweep_args(cluster, workdir, "--models", "crabnet", "--num-samples", "4",
                                "--max-epochs", "12", "--grace-period", "12", "--final-seeds", "1"),
                    cluster["tmp"], "sweep")
-    # wait until a trial on the worker node has reported, then kill that node
+    # Kill the worker node while one of its trials is mid-way: it has reported an epoch
+    # but no more than half of them. (Killing on "RUNNING" alone raced: a trial seen at
+    # its last epoch could finish before the SIGKILL, and then nothing had to move.)
+    client = MlflowClient(cluster["uri"])
     deadline = time.time() + 300
-    while time.time() < deadline:
+    mid_way = []
+    while time.time() < deadline and not mid_way:
         on_worker = [r for r in _runs(cluster["uri"], "trial")
                      if worker_id in r.data.tags.get("node_ids", "") and r.info.status == "RUNNING"]
-        if on_worker:
-            break
-        time.sleep(1)
-    assert on_worker, "no trial reached the worker node"
+        mid_way = [r for r in on_worker
+                   if 1 <= len(client.get_metric_history(r.info.run_id, "val_mae")) <= 6]
+        time.sleep(0.2)
+    assert mid_way, "no trial on the worker node was seen between epochs 1 and 6"
     cluster["worker"].kill(signal.SIGKILL)
     assert _wait(proc, 900) == 0, proc.log.read_text()[-3000:]
     trials = _runs(cluster["uri"], "trial")

@@ -323,6 +323,17 @@ def test_missing_column_lists_present(tmp_path):
         load_custom(path, "band_gap", formula_col="composition")
 
 
+def test_gz_file_that_is_not_gzip_is_named(tmp_path):
+    path = tmp_path / "mine.csv.gz"
+    path.write_text("formula,target\nNaCl,1\n")  # plain text under a .gz name
+    with pytest.raises(DataError, match=r"mine.csv.gz: the name ends in .gz but the file is not valid gzip"):
+        load_custom(path, "target")
+    gz = tmp_path / "ok.csv.gz"
+    gz.write_bytes(gzip.compress(("formula,target\n" + "".join(f"Fe{i + 1}O,{i}\n" for i in range(30))).encode()))
+    ds = load_custom(gz, "target")
+    assert len(ds.frame) == 30 and ds.frame["target"].iloc[29] == 29.0
+
+
 def test_custom_empty_split(tmp_path):
     path = tmp_path / "tiny.csv"
     path.write_text("formula,target\nNaCl,1\nKCl,2\n")

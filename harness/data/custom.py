@@ -7,7 +7,6 @@ recorded, never improvised: a seeded random 80/10/10 split, ``Split("random", â€
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.data.dataset import DataError, Dataset, Split
+from harness.data.dataset import DataError, Dataset, Split, read_source
 from harness.data.validate import check_splits, require_columns, validate_rows
 
 FRACTIONS = (0.8, 0.1, 0.1)
@@ -49,11 +48,7 @@ def load_custom(
     of the file's bytes.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    text = gzip.decompress(data) if path.suffix == ".gz" else data
+    data, text = read_source(path)
     try:
         df = pd.read_csv(io.BytesIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +13,24 @@ import pandas as pd
 
 class DataError(ValueError):
     """Bad input data. The message names the file, the row and what to do."""
+
+
+def read_source(path: Path) -> tuple[bytes, bytes]:
+    """``(stored, content)``: a data file's bytes as stored, and decompressed when it ends in .gz.
+
+    Data versions (sha256) are taken of ``stored``, so they name the file a user can checksum.
+    """
+    try:
+        stored = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if path.suffix != ".gz":
+        return stored, stored
+    try:
+        return stored, gzip.decompress(stored)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: the name ends in .gz but the file is not valid gzip ({exc}); "
+                        f"re-download it, or rename it if it is not compressed") from None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ Classification targets (True/False) become 1.0/0.0.
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import io
 import json
@@ -43,7 +42,7 @@ import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from harness.data.catalog import CATALOG, MATBENCH_TASKS
-from harness.data.dataset import DataError, Dataset, Split
+from harness.data.dataset import DataError, Dataset, Split, read_source
 from harness.data.validate import check_splits, require_columns, validate_rows
 from harness.paths import cache_dir, data_dir
 
@@ -61,8 +60,7 @@ def _task(name: str) -> str:
 
 
 def _open_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
-    return gzip.decompress(data) if path.suffix == ".gz" else data
+    return read_source(path)[1]
 
 
 def read_matbench_csv(path: Path, target: str) -> pd.DataFrame:
@@ -80,9 +78,10 @@ def read_matbench_json(path: Path, target: str | None = None) -> pd.DataFrame:
     """
     from pymatgen.core import Structure
 
+    content = _open_bytes(path)  # unreadable or bad gzip: its own DataError
     try:
-        doc = json.loads(_open_bytes(path))
-    except (OSError, ValueError) as exc:
+        doc = json.loads(content)
+    except ValueError as exc:
         raise DataError(f"{path}: not readable as (gzipped) json ({exc}); delete it to download again") from None
     if not isinstance(doc, dict) or not {"index", "columns", "data"} <= set(doc):
         keys = list(doc) if isinstance(doc, dict) else type(doc).__name__

@@ -54,7 +54,7 @@ import pandas as pd
 
 from harness.data.catalog import CATALOG
 from harness.data.custom import _stem, random_split
-from harness.data.dataset import DataError, Dataset, Split
+from harness.data.dataset import DataError, Dataset, Split, read_source
 from harness.data.fetch import cached_file, sha256_file
 from harness.data.validate import SHOWN, check_splits, require_columns, validate_rows
 from harness.paths import cache_dir, data_dir
@@ -366,7 +366,7 @@ def _source_bytes(src: Source) -> tuple[bytes, str]:
     if path is None or not path.is_file():
         raise DataError(f"{src.file} not found: point HARNESS_DATA_DIR at a folder holding structures/{src.file} "
                         f"(as ../shared/data does); see ../shared/data/README.md for its public origin")
-    return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes(), str(path)
+    return read_source(path)[1], str(path)
 
 
 def _assemble(name: str, *, ids, targets, parsed: Parsed, where: str, sha: str, drop_invalid: bool,
@@ -451,8 +451,7 @@ def _jarvis_entries(path: str | Path | None) -> tuple[list[dict], str, str]:
     """(entries, sha256, where): a local JSON file, or dft_3d through jarvis-tools into the cache."""
     if path is not None:
         path = Path(path)
-        data = path.read_bytes()
-        data = gzip.decompress(data) if path.suffix == ".gz" else data
+        _, data = read_source(path)
         try:
             entries = json.loads(data)
         except ValueError as exc:
@@ -508,11 +507,7 @@ def load_custom_structures(path: str | Path, target: str, structure_col: str = "
     "auto" detects per entry) and a numeric target column. JSON: a list of records, or pandas'
     "columns"/"split" orient. Split: seeded random 80/10/10 (``seed``), recorded."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    text = gzip.decompress(data) if path.suffix == ".gz" else data
+    data, text = read_source(path)
     if fmt not in FORMATS:
         raise DataError(f"unknown structure format {fmt!r}; known: {', '.join(FORMATS)}")
     is_json = path.name.removesuffix(".gz").endswith(".json")
@@ -567,9 +562,9 @@ def attach_matbench_structures(ds: Dataset, *, drop_invalid: bool = False, cutof
     ``sha256`` then covers both sources.
     """
     path = path or matbench_structure_path(ds.name, ds.notes.get("source_file"))
-    raw = path.read_bytes()
+    raw, content = read_source(path)
     try:
-        doc = json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+        doc = json.loads(content)
         col = doc["columns"].index("structure")
         index, values = [str(i) for i in doc["index"]], [row[col] for row in doc["data"]]
     except (ValueError, KeyError, TypeError, IndexError) as exc:
