@@ -69,15 +69,26 @@ def load_structures(dataset: str, n: int, seed: int = 0):
     return ds.subsample(n, seed=seed) if n < len(ds) else ds
 
 
+RECORDS = Path(__file__).resolve().parent / "records"
+
+
 def records_path(benchmark: str) -> Path:
-    """``$HARNESS_CACHE/benchmarks/<benchmark>.jsonl``: the finished fits of a long benchmark.
+    """``benchmarks/records/<benchmark>.jsonl``: the finished fits of a long benchmark (committed).
 
     Long benchmarks append one JSON line per finished fit, so that several processes (one per
     core) and several sessions add up; their RESULTS.md section is rendered from all records.
+    The records live in the repository beside RESULTS.md, not in the cache: a section rendered
+    from a cache that a new machine does not have would silently lose every earlier row (hours
+    of CPU each). Unfinished fits' checkpoints are bulky and belong in ``work_dir``.
     """
+    return RECORDS / f"{benchmark}.jsonl"
+
+
+def work_dir(benchmark: str) -> Path:
+    """``$HARNESS_CACHE/benchmarks/<benchmark>/``: checkpoints of unfinished fits (not committed)."""
     from harness.paths import cache_dir
 
-    return cache_dir() / "benchmarks" / f"{benchmark}.jsonl"
+    return cache_dir() / "benchmarks" / benchmark
 
 
 def append_record(benchmark: str, record: dict) -> None:

@@ -16,9 +16,9 @@ folds, from ``../shared/reference_results.csv``): CGCNN 57.76, ALIGNN 29.54, Sch
 CPU cost (this is why the script is not run by the test suite): on 1 core ALIGNN and Crysformer
 take ~50 s per epoch of one fold (~4 h for 300 epochs); CGCNN and SchNet are ~50x cheaper.
 So a fit outlives a session: every epoch is checkpointed (``$HARNESS_CACHE/benchmarks/
-phonons_checkpoints/``) and the same command continues an unfinished fit where it stopped, with
-its RNG states, so the result equals an uninterrupted fit's. Finished fits are appended to
-``$HARNESS_CACHE/benchmarks/phonons_accuracy.jsonl`` and the ``phonons_accuracy`` section of
+phonons_accuracy/checkpoints/``) and the same command continues an unfinished fit where it stopped,
+with its RNG states, so the result equals an uninterrupted fit's. Finished fits are appended to
+``benchmarks/records/phonons_accuracy.jsonl`` (committed) and the ``phonons_accuracy`` section of
 ``benchmarks/RESULTS.md`` is rendered from all records (runs on several cores add up). On a GPU
 (``cuda`` is used when present) all five folds are practical. Progress goes to stderr every 10 epochs.
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import (  # noqa: E402
-    append_record, load_now, load_records, machine, reference_rows, records_path, write_section,
+    append_record, load_now, load_records, machine, reference_rows, work_dir, write_section,
 )
 
 SECTION = "phonons_accuracy"
@@ -77,14 +77,17 @@ def variant_name(variant: dict[str, object]) -> str:
 def checkpoint_dir(name: str, compiled: bool, variant: dict, fold: int, seed: int, epochs: int) -> Path:
     """Where an unfinished fit keeps its per-epoch checkpoint (one per model, variant, fold, seed, epochs)."""
     tag = "_" + variant_name(variant).replace(", ", "_") if variant else ""
-    return (records_path(SECTION).parent / "phonons_checkpoints"
-            / f"{name}{'-compiled' if compiled else ''}{tag}_fold{fold}_seed{seed}_epochs{epochs}")
+    return (work_dir(SECTION) / "checkpoints" / f"{name}{'-compiled' if compiled else ''}{tag}_fold{fold}_seed{seed}_epochs{epochs}")
 
 
 def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn: bool, features, ds,
-            variant: dict[str, object] | None = None) -> dict:
+            variant: dict[str, object] | None = None, interim_every: int | None = None) -> dict:
     """Train ``name`` on one fold with its paper recipe (plus ``variant``: TrainConfig or model-config
-    fields that replace the paper's), resuming its checkpoint; the record to append."""
+    fields that replace the paper's), resuming its checkpoint; the record to append.
+
+    ``interim_every=N``: every N epochs of an unfinished fit, record the test MAE of its best val
+    epoch so far (an *interim* record, shown as "epoch k of E"; the finished fit's record replaces
+    it), so that a fit that outlives a session still leaves a figure in RESULTS.md."""
     import dataclasses
     import shutil
 
@@ -119,22 +122,29 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn:
     def progress(metrics: dict, trainer_: Trainer) -> None:
         trainer_.save_checkpoint(checkpoint)  # ~0.1 s; an epoch of the slow models is ~50 s
         (checkpoint / "seconds").write_text(f"{seconds_before + time.perf_counter() - start:.1f}")
+        if interim_every and metrics["epoch"] % interim_every == 0 and metrics["epoch"] < config.epochs:
+            append_record(SECTION, {**record_of(trainer_, trainer_.evaluate_best_so_far(split.test)),
+                                    "interim": True})
+            write_section(SECTION, render(load_records(SECTION, KEY)))
         if metrics["epoch"] % 10 == 0 or metrics["epoch"] == 1:
             print(f"{name} fold {fold} epoch {int(metrics['epoch'])}/{config.epochs}: train MAE "
                   f"{metrics['train_mae']:.1f}, val MAE {metrics['val_mae']:.1f} "
                   f"({metrics['epoch_seconds']:.0f} s/epoch)", file=sys.stderr, flush=True)
 
-    fit = trainer.fit(progress, resume_from=resume)
-    test = trainer.evaluate(split.test)
-    record = {"model": name, "variant": variant_name(variant), "fold": fold, "seed": seed,
-              "epochs_planned": config.epochs, "epochs": fit.epochs_run, "best_epoch": fit.best_epoch,
-              "used_swa": fit.used_swa,
-              "val_mae": fit.best_val_mae, "test_mae": test["mae"], "parameters": n_parameters(model),
-              "minutes": (seconds_before + time.perf_counter() - start) / 60, "resumed": resume is not None,
-              "compiled": bool(params.get("compile")), "recipe": {k: v for k, v in recipe.items() if k != "seed"},
-              "n_train": int(len(split.train)), "n_val": int(len(split.val)),
-              "n_test": int(len(split.test)), "data_sha256": ds.sha256, "device": device,
-              "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    def record_of(trainer_: Trainer, test: dict[str, float]) -> dict:
+        return {"model": name, "variant": variant_name(variant), "fold": fold, "seed": seed,
+                "epochs_planned": config.epochs, "epochs": trainer_.epoch, "best_epoch": trainer_.best_epoch,
+                "used_swa": trainer_.used_swa,
+                "val_mae": trainer_.swa_val_mae if trainer_.used_swa else trainer_.best_val_mae,
+                "test_mae": test["mae"], "parameters": n_parameters(model),
+                "minutes": (seconds_before + time.perf_counter() - start) / 60, "resumed": resume is not None,
+                "compiled": bool(params.get("compile")), "recipe": {k: v for k, v in recipe.items() if k != "seed"},
+                "n_train": int(len(split.train)), "n_val": int(len(split.val)),
+                "n_test": int(len(split.test)), "data_sha256": ds.sha256, "device": device,
+                "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+    trainer.fit(progress, resume_from=resume)
+    record = record_of(trainer, trainer.evaluate(split.test))
     shutil.rmtree(checkpoint, ignore_errors=True)  # the record replaces it
     return record
 
@@ -231,6 +241,8 @@ def render(records: list[dict]) -> str:
     for r in records:
         pub = f"{reference[r['model']]:.2f}" if r["model"] in reference else "–"
         epochs = "–" if r["epochs"] is None else f"{r['epochs']} ({r['best_epoch']})"
+        if r.get("interim"):
+            epochs = f"{r['epochs']} of {r['epochs_planned']} ({r['best_epoch']}), unfinished"
         params = "–" if r["parameters"] is None else f"{r['parameters']:,}"
         table.append(f"| {label_of(r)} | {r['fold']} | "
                      f"{r['seed']} | {params} | {epochs} | {r['val_mae']:.2f} | "
@@ -240,7 +252,7 @@ def render(records: list[dict]) -> str:
         "## matbench_phonons accuracy (`benchmarks/phonons_accuracy.py`)", "",
         "Official Matbench folds; MAE of the last phonon DOS peak in cm^-1; paper-default architectures and "
         "training recipes (300 epochs; the epochs column shows any override); the fold's val rows pick the best "
-        "epoch; a row marked [field=value] is a `--variant` experiment that replaces that field of the recipe. "
+        "epoch (an *unfinished* row is a fit still running: the best epoch so far, scored on test); a row marked [field=value] is a `--variant` experiment that replaces that field of the recipe. "
         "Published = Matbench v0.1 leaderboard (mean of 5 folds), so a single fold is an estimate. "
         "Baselines: Dummy predicts the mean of the fold's training rows; RF is scikit-learn's (100 trees) on the "
         "145 Magpie attributes, beside the leaderboard's RF-SCM/Magpie (which adds sine-Coulomb-matrix features). "
@@ -260,6 +272,8 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="FIELD=VALUE",
                     help="replace a field of the paper recipe (TrainConfig, e.g. loss=mae) or of the model "
                          "config (e.g. hidden_channels=128); repeatable; recorded and shown as its own rows")
+    ap.add_argument("--interim-every", type=int, default=None, metavar="N",
+                    help="record the best-so-far test MAE of an unfinished fit every N epochs")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
 
@@ -278,7 +292,7 @@ def main() -> None:
             features = None if name == "dummy" else featurize(get_model(name).input_kind, ds)  # cached on disk
             for fold in folds:
                 record = fit_one(name, fold, args.seed, args.epochs, args.alignn_compile, features, ds,
-                                 parse_variant(args.variant))
+                                 parse_variant(args.variant), args.interim_every)
                 append_record(SECTION, record)
                 print(f"{name} fold {fold}: test MAE {record['test_mae']:.2f} cm^-1 ({record['minutes']:.0f} min)",
                       file=sys.stderr, flush=True)

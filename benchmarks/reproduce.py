@@ -20,7 +20,7 @@ Each model trains once (``--seed``) on the split's training rows; the val rows c
 epoch (and SWA vs best epoch), as in the trainer everywhere else; the test MAE is the figure.
 Target: within 5 % of each published number or better; every figure is reported either way.
 
-Every finished fit is appended to a JSON-lines record (``$HARNESS_CACHE/benchmarks/reproduce.jsonl``)
+Every finished fit is appended to a JSON-lines record (``benchmarks/records/reproduce.jsonl``, committed)
 so that several ``run`` processes (one per core) and several sessions add up; each ``run`` then
 re-renders the ``reproduce`` section of ``benchmarks/RESULTS.md`` from all records (the latest
 record per model, dataset and seed wins). CPU cost: L-G-DCNN ~40-60 min per dataset on 2 cores;

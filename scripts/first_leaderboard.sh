@@ -8,7 +8,7 @@
 #
 # Long: on a 2-core CPU the whole job is days (attention models and ALIGNN/Crysformer dominate);
 # run it in the background (nohup … &). It is resumable: each stage is its own sweep workdir
-# under runs/leaderboard/, and a stage whose workdir exists continues with `harness sweep
+# under $LEADERBOARD_RUNS (default ~/.cache/harness/leaderboard-runs/), and a stage whose workdir exists continues with `harness sweep
 # --resume` (finished searches are skipped, interrupted ones continue their Ray experiment,
 # Optuna study and MLflow runs). The pages are regenerated after every stage, so a partial
 # leaderboard is always current (missing results show as missing, never as numbers).
@@ -19,9 +19,12 @@ cd "$(dirname "$0")/.."
 [ -d .venv ] || bash scripts/setup_env.sh
 . .venv/bin/activate
 
-ROOT=${LEADERBOARD_RUNS:-runs/leaderboard}
+# The store and the stage workdirs live in the cache by default, not in the work tree: the job
+# outlives sessions (days on 2 cores), and a fresh checkout must not lose the runs it continues.
+ROOT=${LEADERBOARD_RUNS:-${HARNESS_CACHE:-$HOME/.cache/harness}/leaderboard-runs}
 mkdir -p "$ROOT"
 MLFLOW_URI=${MLFLOW_URI:-sqlite:///$(cd "$ROOT" && pwd)/mlflow.db}  # absolute: trial workers have their own cwd
+OUT=${LEADERBOARD_OUT:-leaderboards}  # where the pages go (elsewhere while the store is still partial)
 GPUS_PER_TRIAL=${GPUS_PER_TRIAL:-0}
 NUM_CPUS=${NUM_CPUS:-}  # e.g. NUM_CPUS=1 leaves the other cores free; empty = all
 CPU_OPTION=()
@@ -73,6 +76,6 @@ for entry in "${PLAN[@]}"; do
     harness sweep --models "$models" --datasets "$datasets" --workdir "$workdir" --mlflow-uri "$MLFLOW_URI" \
       "${BUDGET[@]}" --final-seeds "$seeds" --gpus-per-trial "$GPUS_PER_TRIAL" "${CPU_OPTION[@]}" $extra
   fi
-  harness leaderboard --mlflow-uri "$MLFLOW_URI"
+  harness leaderboard --mlflow-uri "$MLFLOW_URI" --out "$OUT"
 done
-echo "== $(date '+%F %T') done; pages in leaderboards/"
+echo "== $(date '+%F %T') done; pages in $OUT/"

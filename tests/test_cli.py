@@ -16,6 +16,10 @@ runner = CliRunner()
 
 
 def test_data_list_shows_every_dataset_with_rows_and_units():
+    # Row counts are read from fetched sources only (listing never downloads): fetch first, so the
+    # test holds on a fresh machine with an empty cache too.
+    fetched = runner.invoke(app, ["data", "fetch", "crabnet28"])
+    assert fetched.exit_code == 0, fetched.output
     result = runner.invoke(app, ["data", "list", "--suite", "crabnet28"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     lines = [l for l in result.output.splitlines() if "│ crabnet28 │" in l]

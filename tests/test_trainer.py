@@ -175,3 +175,21 @@ def test_checkpoint_from_before_a_new_config_field_still_loads(data, tmp_path: P
     assert resumed.epoch == 2
     with pytest.raises(ValueError, match="grad_clip"):
         trainer(data, {**config, "grad_clip": 1.0}).load_checkpoint(tmp_path)
+
+
+def test_best_so_far_scores_the_best_val_epoch_without_disturbing_the_fit(data) -> None:
+    # No SWA: the final model is the best val epoch's, so the best-so-far score taken after the last
+    # epoch must equal the final evaluation, and taking it mid-fit must not change the fit.
+    config = {**CRABNET_RECIPE, "epochs": 5, "batch_size": 16, "swa": False}
+    observed, seen = trainer(data, config), {}
+
+    def score(metrics: dict, t: Trainer) -> None:
+        seen[int(metrics["epoch"])] = (t.best_epoch, t.evaluate_best_so_far(t.split.test)["mae"])
+
+    fit = observed.fit(score)
+    plain = trainer(data, config).fit()
+    assert without_time(fit.history) == without_time(plain.history)
+    assert seen[5] == (fit.best_epoch, pytest.approx(observed.evaluate(observed.split.test)["mae"]))
+    # The best epoch only moves forward, and an epoch's score is that of its best epoch so far.
+    bests = [seen[e][0] for e in sorted(seen)]
+    assert bests == sorted(bests) and all(b <= e for e, b in zip(sorted(seen), bests))

@@ -27,6 +27,7 @@ continues exactly as the uninterrupted one would have.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -310,6 +311,17 @@ class Trainer:
     def evaluate(self, indices: np.ndarray) -> dict[str, float]:
         """``{"mae", "rmse", "r2"}`` of :meth:`predict` on rows ``indices``."""
         return self._evaluate(self.model, indices)
+
+    def evaluate_best_so_far(self, indices: np.ndarray) -> dict[str, float]:
+        """:meth:`evaluate` of the best-val-epoch weights so far, mid-fit; the model in training is untouched.
+
+        For progress reports of long fits (the test rows take no part in any choice of the fit).
+        """
+        if self.best_state is None:
+            raise RuntimeError("no epoch has been validated yet")
+        best = copy.deepcopy(self.model)
+        best.load_state_dict(self.best_state)
+        return self._evaluate(best, indices)
 
     def _evaluate(self, model: nn.Module, indices: np.ndarray) -> dict[str, float]:
         return regression_metrics(self.targets[np.asarray(indices)], self._predict(model, indices))
