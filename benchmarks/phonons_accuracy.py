@@ -77,7 +77,8 @@ def variant_name(variant: dict[str, object]) -> str:
 def checkpoint_dir(name: str, compiled: bool, variant: dict, fold: int, seed: int, epochs: int) -> Path:
     """Where an unfinished fit keeps its per-epoch checkpoint (one per model, variant, fold, seed, epochs)."""
     tag = "_" + variant_name(variant).replace(", ", "_") if variant else ""
-    return (work_dir(SECTION) / "checkpoints" / f"{name}{'-compiled' if compiled else ''}{tag}_fold{fold}_seed{seed}_epochs{epochs}")
+    return (work_dir(SECTION) / "checkpoints"
+            / f"{name}{'-compiled' if compiled else ''}{tag}_fold{fold}_seed{seed}_epochs{epochs}")
 
 
 def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn: bool, features, ds,
@@ -252,7 +253,8 @@ def render(records: list[dict]) -> str:
         "## matbench_phonons accuracy (`benchmarks/phonons_accuracy.py`)", "",
         "Official Matbench folds; MAE of the last phonon DOS peak in cm^-1; paper-default architectures and "
         "training recipes (300 epochs; the epochs column shows any override); the fold's val rows pick the best "
-        "epoch (an *unfinished* row is a fit still running: the best epoch so far, scored on test); a row marked [field=value] is a `--variant` experiment that replaces that field of the recipe. "
+        "epoch (an *unfinished* row is a fit still running: the best epoch so far, scored on test); "
+        "a row marked [field=value] is a `--variant` experiment that replaces that field of the recipe. "
         "Published = Matbench v0.1 leaderboard (mean of 5 folds), so a single fold is an estimate. "
         "Baselines: Dummy predicts the mean of the fold's training rows; RF is scikit-learn's (100 trees) on the "
         "145 Magpie attributes, beside the leaderboard's RF-SCM/Magpie (which adds sine-Coulomb-matrix features). "

@@ -8,10 +8,12 @@
 #
 # Long: on a 2-core CPU the whole job is days (attention models and ALIGNN/Crysformer dominate);
 # run it in the background (nohup … &). It is resumable: each stage is its own sweep workdir
-# under $LEADERBOARD_RUNS (default ~/.cache/harness/leaderboard-runs/), and a stage whose workdir exists continues with `harness sweep
-# --resume` (finished searches are skipped, interrupted ones continue their Ray experiment,
-# Optuna study and MLflow runs). The pages are regenerated after every stage, so a partial
-# leaderboard is always current (missing results show as missing, never as numbers).
+# under $LEADERBOARD_RUNS (default ~/.cache/harness/leaderboard-runs/, outside the work tree), and
+# a stage whose workdir exists continues with `harness sweep --resume` (finished searches are
+# skipped, interrupted ones continue their Ray experiment, Optuna study and MLflow runs). The
+# pages are regenerated after every stage, so a partial leaderboard is always current (missing
+# results show as missing, never as numbers); LEADERBOARD_OUT=DIR writes them elsewhere than
+# leaderboards/ (e.g. while a new store has not yet caught up with the committed pages).
 # On a GPU the same stages run much faster: pass GPUS_PER_TRIAL=0.25 (four trials per GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
