@@ -190,6 +190,6 @@ def test_best_so_far_scores_the_best_val_epoch_without_disturbing_the_fit(data) 
     plain = trainer(data, config).fit()
     assert without_time(fit.history) == without_time(plain.history)
     assert seen[5] == (fit.best_epoch, pytest.approx(observed.evaluate(observed.split.test)["mae"]))
-    # The best epoch only moves forward, and an epoch's score is that of its best epoch so far.
+    # The best epoch only moves forward and never lies after the epoch that reported it.
     bests = [seen[e][0] for e in sorted(seen)]
     assert bests == sorted(bests) and all(b <= e for e, b in zip(sorted(seen), bests))
