@@ -160,6 +160,24 @@ def test_recipes_run(data, optimizer: str, scheduler: str, loss: str) -> None:
     assert result.epochs_run == 2 and np.isfinite(result.best_val_mae)
 
 
+def test_onecycle_peaks_at_lr_after_30_percent_and_cycles_beta1(data) -> None:
+    # ALIGNN's schedule: lr/25 at the start, lr at 30% of the steps, ~0 at the end; Adam's beta1
+    # runs opposite (0.95 -> 0.85 at the peak -> 0.95).
+    seen = {}
+
+    def record(metrics: dict, t: Trainer) -> None:
+        group = t.optimizer.param_groups[0]
+        seen[int(metrics["epoch"])] = (group["lr"], group["betas"][0])
+
+    run = trainer(data, {"epochs": 10, "batch_size": 16, "optimizer": "adamw", "scheduler": "onecycle",
+                         "lr": 2e-3, "loss": "mse"})
+    run.fit(record)
+    lrs = {epoch: lr for epoch, (lr, _) in seen.items()}
+    assert max(lrs, key=lrs.get) == 3 and lrs[3] == pytest.approx(2e-3, rel=0.02)
+    assert lrs[10] < 2e-3 / 100 and lrs[1] < lrs[2] < lrs[3] > lrs[4] > lrs[5]
+    assert seen[3][1] == pytest.approx(0.85, abs=0.002) and seen[10][1] == pytest.approx(0.95, abs=1e-3)
+
+
 def test_checkpoint_from_before_a_new_config_field_still_loads(data, tmp_path: Path) -> None:
     """A field added to TrainConfig later (absent from an older checkpoint) counts as its default;
     a field that really differs is still refused."""

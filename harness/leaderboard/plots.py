@@ -48,6 +48,12 @@ def _figure(n_panels: int, ncols_max: int = 3):
     return fig, axes[:n_panels]
 
 
+def _panel_title(ax, label: str, detail: str) -> None:
+    """The model's label on one line and what the panel shows on the next: side by side panels'
+    one-line titles ran into each other for long labels ("IRNet-17 (composition + structure)")."""
+    ax.set_title(f"{label}\n{detail}", fontsize=9)
+
+
 def _png(fig) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -119,7 +125,7 @@ def parity(tables: SuiteTables, dataset: str) -> bytes | None:
             ax.set_ylim(lo - pad, hi + pad)
             ax.set_aspect("equal", adjustable="box")
             mae = float(np.mean(np.abs(frame["prediction"] - frame["target"])))
-            ax.set_title(f"{res.label}: MAE of mean prediction {mae:.4g}")
+            _panel_title(ax, res.label, f"MAE of mean prediction {mae:.4g}")
             ax.set_xlabel(_axis_label(tables, dataset, "true"))
             ax.set_ylabel(_axis_label(tables, dataset, "predicted"))
         fig.suptitle(f"{dataset}: parity (test, {len(items[0][1])} samples)")
@@ -190,7 +196,7 @@ def learning_curves(tables: SuiteTables, dataset: str) -> bytes | None:
                         label=f"{split}/seed {seed} train")
                 ax.plot(h["epoch"], h["val_mae"], color=color, lw=1.2, ls="--", alpha=0.8,
                         label=f"{split}/seed {seed} val")
-            ax.set_title(f"{res.label} (solid: train, dashed: val)")
+            _panel_title(ax, res.label, "solid: train, dashed: val")
             _epoch_axis(ax, max(float(h["epoch"].max()) for _, _, h in curves))
             ax.set_xlabel("epoch")
             ax.set_ylabel(_axis_label(tables, dataset, "MAE"))
@@ -231,7 +237,7 @@ def trial_curves(tables: SuiteTables, dataset: str) -> bytes | None:
                     ax.plot(c["epoch"].iloc[-1], c["val_mae"].iloc[-1], "x", color=color, ms=6)
             if log:
                 ax.set_yscale("log")
-            ax.set_title(f"{label}: {n_runs} trials")
+            _panel_title(ax, label, f"{n_runs} trials")
             _epoch_axis(ax, max((float(c["epoch"].max()) for _, _, c in curves if len(c)), default=1))
             ax.set_xlabel("epoch")
             ax.set_ylabel(_axis_label(tables, dataset, "val MAE"))

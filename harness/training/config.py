@@ -11,7 +11,7 @@ from typing import Any
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lamb_lookahead")
 LOSSES = ("mae", "mse", "robust_l1")
-SCHEDULERS = ("none", "cyclic", "cosine")
+SCHEDULERS = ("none", "cyclic", "cosine", "onecycle")
 
 
 @dataclass

@@ -14,6 +14,8 @@ What ``TrainConfig`` switches on, and how:
 - schedulers stepped every batch: ``cyclic`` is CrabNet's triangular CyclicLR between
   ``base_lr`` and ``max_lr``, rising for 10 epochs and falling for 10 (fewer for runs under 40
   epochs, so that at least two cycles fit); ``cosine`` anneals ``lr`` to 0 over the run;
+  ``onecycle`` is torch's OneCycleLR peaking at ``lr`` after 30% of the run (ALIGNN's schedule;
+  it also cycles Adam's beta1 / SGD's momentum between 0.95 and 0.85, as the reference does);
 - SWA (``torch.optim.swa_utils.AveragedModel``) averages the weights at the end of each LR
   cycle (every epoch without a cyclic schedule) once ``swa_start`` of the epochs have passed.
   As CrabNet keeps the SWA weights only when they help, the final model is the SWA average
@@ -134,6 +136,14 @@ def build_scheduler(
         )
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+    if config.scheduler == "onecycle":
+        group = optimizer.param_groups[0]
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=config.lr,
+            total_steps=config.epochs * steps_per_epoch,
+            cycle_momentum="betas" in group or "momentum" in group,  # Lookahead(Lamb) has neither
+        )
     return None
 
 
