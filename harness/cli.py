@@ -61,8 +61,15 @@ def _fail(message: str) -> None:
 
 def _run_or_report_interrupt(run_sweep, *args, **kwargs) -> None:
     """Run the sweep; on Ctrl+C say how to continue and exit 130 (the shell's code for SIGINT)."""
+    import signal
+
     from harness.tuning.sweep import SweepInterrupted
 
+    # A sweep started as `cmd &` by a non-interactive shell (a script, `nohup … &`) inherits SIGINT
+    # ignored. Tune installs its own handler during each search, so `kill -INT` would stop a
+    # search but be ignored while featurizing or in the final fits: make it stop every phase.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run_sweep(*args, **kwargs)
     except SweepInterrupted as exc:
@@ -166,7 +173,7 @@ def sweep(
     search_spaces: Annotated[Optional[Path], typer.Option(help="Folder of search-space YAMLs (default: search_spaces/).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Ray experiment storage; on a multi-node cluster shared storage (s3://…, gs://…, or an NFS path). Default: <workdir>/ray_results.")] = None,
     max_failures: Annotated[int, typer.Option(help="Retries (from the last checkpoint) of a trial whose worker or node died.")] = 3,
-    concurrent_searches: Annotated[int, typer.Option(help="Searches (model × dataset × split) run side by side on the cluster.")] = 1,
+    concurrent_searches: Annotated[Optional[int], typer.Option(help="Searches (model × dataset × split) run side by side on the cluster; fills the slots a search's last trials leave idle (default 1; with --resume, the interrupted sweep's value unless given).")] = None,
     max_concurrent_trials: Annotated[Optional[int], typer.Option(help="Trials of one search at once (default: as many as the cluster's CPUs/GPUs fit).")] = None,
     reuse_actors: Annotated[bool, typer.Option(help="Reuse trial worker processes across trials (for many short trials).")] = False,
     num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of this machine the embedded Ray may use (default: all); leaves the rest free for other work. Ignored with --address.")] = None,
@@ -192,6 +199,7 @@ def sweep(
             _fail(str(exc))
         saved.address, saved.mlflow_uri = address or saved.address, mlflow_uri or saved.mlflow_uri
         saved.num_cpus = num_cpus or saved.num_cpus
+        saved.concurrent_searches = concurrent_searches or saved.concurrent_searches
         _run_or_report_interrupt(run_sweep, saved, resume=True)
         return
     if not models:
@@ -212,7 +220,7 @@ def sweep(
             drop_invalid=drop_invalid, grace_period=grace_period,
             reduction_factor=reduction_factor, space_dir=search_spaces,
             dataset_file=dataset_file, target=target, formula_column=formula_column,
-            storage=storage, max_failures=max_failures, concurrent_searches=concurrent_searches,
+            storage=storage, max_failures=max_failures, concurrent_searches=concurrent_searches or 1,
             max_concurrent_trials=max_concurrent_trials, reuse_actors=reuse_actors, num_cpus=num_cpus,
         )
         _run_or_report_interrupt(run_sweep, opts)

@@ -31,6 +31,9 @@ GPUS_PER_TRIAL=${GPUS_PER_TRIAL:-0}
 NUM_CPUS=${NUM_CPUS:-}  # e.g. NUM_CPUS=1 leaves the other cores free; empty = all
 CPU_OPTION=()
 [ -n "$NUM_CPUS" ] && CPU_OPTION=(--num-cpus "$NUM_CPUS")
+# Two searches side by side, so that the slot a search's last trial (or its final fits) leaves
+# idle runs the next search's trials; a stage resumes with the same setting.
+CPU_OPTION+=(--concurrent-searches "${CONCURRENT_SEARCHES:-2}")
 # The budget, the same for every model (stated on the generated pages from the runs' params):
 # Optuna TPE, 4 trials per (model, dataset, fold) search, at most 10 epochs each, ASHA grace 2 and
 # reduction 2; the best configuration retrained with 2 seeds on fixed splits (1 per fold on CV).

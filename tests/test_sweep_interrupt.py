@@ -81,14 +81,20 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_search(tmp_path):
     assert len(finals) == 1 and finals[0].data.metrics["test_mae"] > 0
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_ctrl_c_during_final_fits_keeps_the_search_and_resume_fills_the_same_final_runs(tmp_path):
     workdir = tmp_path / "w"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Started with SIGINT ignored, as a `harness sweep … &` of a script or nohup inherits it: SIGINT
+    # must still stop the final fits (Tune's handler only covers the searches).
     proc = subprocess.Popen(
         _sweep("--models", "crabnet", "--datasets", "steels_yield", "--folds", "0", "--num-samples", "1", "--max-epochs", "5",
                "--grace-period", "5", "--final-seeds", "2", "--workdir", str(workdir), "--num-cpus", "1",
                "--seed", "0"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_ignore_sigint,
     )
     lines: list[str] = []
     try:
