@@ -42,6 +42,30 @@ def test_scheduler_stopped_trial_is_pruned_with_its_intermediate_values(tmp_path
     assert study.best_value == pytest.approx(0.3)
 
 
+def test_resumed_searcher_does_not_report_an_epoch_twice(tmp_path):
+    # Ray snapshots the searcher now and then; a resumed sweep restores the last snapshot, and its
+    # restored trials report again the epochs Optuna already holds. They are skipped silently
+    # (Optuna would warn once per epoch and keep the first value anyway).
+    import warnings
+
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    first = _searcher(storage)
+    first.suggest("a")
+    for epoch, value in [(1, 0.9), (2, 0.5)]:
+        first.on_trial_result("a", {"best_val_mae": value, "training_iteration": epoch})
+    first.save(str(tmp_path / "searcher.pkl"))  # the trial's checkpoint is older: it redoes epochs 1-2
+
+    resumed = _searcher(storage)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a duplicate report would raise here
+        for epoch, value in [(1, 0.9), (2, 0.5), (3, 0.4)]:
+            resumed.on_trial_result("a", {"best_val_mae": value, "training_iteration": epoch})
+        resumed.on_trial_complete("a", {"best_val_mae": 0.4, "training_iteration": 3, FINISHED_KEY: True})
+    (trial,) = optuna.load_study(study_name="s", storage=storage).trials
+    assert trial.state == TrialState.COMPLETE and trial.intermediate_values == {1: 0.9, 2: 0.5, 3: 0.4}
+
+
 def test_nan_final_value_is_failed_not_complete(tmp_path):
     searcher = _searcher(f"sqlite:///{tmp_path / 'o.db'}")
     searcher.suggest("a")

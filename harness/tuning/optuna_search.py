@@ -61,8 +61,20 @@ class TruthfulOptunaSearch(OptunaSearch):
             return
         if self._already_told(trial_id):
             return
+        step = int(result["training_iteration"])
+        if step in self._steps_reported(trial_id):  # replayed by a resumed trial: Optuna has it
+            return
         super().on_trial_result(trial_id, result)
-        self._reported_steps.setdefault(trial_id, set()).add(int(result["training_iteration"]))
+        self._reported_steps[trial_id].add(step)
+
+    def _steps_reported(self, trial_id: str) -> set[int]:
+        """Steps Optuna holds for this trial; read from its storage the first time this process
+        sees the trial, since a resumed sweep's searcher may not know what was reported before."""
+        if trial_id not in self._reported_steps:
+            ot_trial = self._ot_trials[trial_id]
+            stored = ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values
+            self._reported_steps[trial_id] = {int(s) for s in stored}
+        return self._reported_steps[trial_id]
 
     def on_trial_complete(
         self, trial_id: str, result: Optional[dict] = None, error: bool = False
@@ -75,7 +87,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         # Ray hands the result that ends a trial (max_t reached, or stopped at a rung) only
         # to on_trial_complete, never to on_trial_result: record it as the last epoch's value.
         if isinstance(value, (int, float)) and not math.isnan(value) and step is not None:
-            if int(step) not in self._reported_steps.get(trial_id, set()):
+            if int(step) not in self._steps_reported(trial_id):
                 ot_trial.report(float(value), int(step))
         failed = error or ERROR_KEY in (result or {})
         if failed or value is None or (isinstance(value, float) and math.isnan(value)):
