@@ -93,8 +93,8 @@ def fold_split(ds, fold: int, train_rows: str):
     """The fold's rows. ``split`` (default): the harness's split of Matbench's training part into
     train and a random 10% val that picks the best epoch. ``all``: the protocol of the ALIGNN
     Matbench v0.1 submission (the matbench script in the alignn repository): train on every
-    training row, with the first n_test training rows copied as the "val" set, so the best epoch is picked on
-    rows the model trains on (there is no held-out selection)."""
+    training row, with the first n_test training rows copied as the "val" set, so the best
+    epoch is picked on rows the model trains on (there is no held-out selection)."""
     import numpy as np
 
     from harness.data.dataset import Split
@@ -284,8 +284,8 @@ def render(records: list[dict]) -> str:
         "epoch (an *unfinished* row is a fit still running: the best epoch so far, scored on test); "
         "a row marked [field=value] is a `--variant` experiment that replaces that field of the recipe; "
         "[train_rows=all] trains on all of the fold's training rows and picks the epoch on a copy of the first "
-        "n_test of them, as the published ALIGNN submission's script does (batch 32, 500 epochs, one-cycle LR; "
-        "so its val MAE is not a held-out figure). "
+        "n_test of them, as the published ALIGNN submission's script does (which also trains at batch 32 for 500 "
+        "epochs; this variant changes only the rows), so its val MAE is not a held-out figure. "
         "Published = Matbench v0.1 leaderboard (mean of 5 folds), so a single fold is an estimate. "
         "Baselines: Dummy predicts the mean of the fold's training rows; RF is scikit-learn's (100 trees) on the "
         "145 Magpie attributes, beside the leaderboard's RF-SCM/Magpie (which adds sine-Coulomb-matrix features). "

@@ -45,8 +45,8 @@ Adapted / implementation notes:
   arithmetic in fused kernels, ~1.5x faster training steps on CPU here after ~10-20 s of
   compilation per process, worth it for long runs, not for short ASHA trials.
 - The recipe is the reference's ``TrainingConfig`` defaults: AdamW, lr 1e-3, weight decay 1e-5,
-  batch 64, MSE, 300 epochs, one-cycle LR (the shared trainer's ``onecycle``: torch's
-  ``OneCycleLR``, as the reference uses). Until 2026-12 the trainer had no one-cycle schedule and
+  batch 64, MSE, 300 epochs, one-cycle LR (the shared trainer's ``onecycle``, torch's
+  ``OneCycleLR``). Until 2026-12 the trainer had no one-cycle schedule and
   this recipe annealed with ``cosine``; records made then say ``scheduler=cosine``.
 """
 

@@ -15,7 +15,7 @@ What ``TrainConfig`` switches on, and how:
   ``base_lr`` and ``max_lr``, rising for 10 epochs and falling for 10 (fewer for runs under 40
   epochs, so that at least two cycles fit); ``cosine`` anneals ``lr`` to 0 over the run;
   ``onecycle`` is torch's OneCycleLR peaking at ``lr`` after 30% of the run (ALIGNN's schedule;
-  it also cycles Adam's beta1 / SGD's momentum between 0.95 and 0.85, as the reference does);
+  it also cycles Adam's beta1 / SGD's momentum between 0.95 and 0.85, torch's default);
 - SWA (``torch.optim.swa_utils.AveragedModel``) averages the weights at the end of each LR
   cycle (every epoch without a cyclic schedule) once ``swa_start`` of the epochs have passed.
   As CrabNet keeps the SWA weights only when they help, the final model is the SWA average
