@@ -80,7 +80,8 @@ def test_shipped_crabnet_space_loads_and_maps_onto_config_fields():
     spec = get_model("crabnet")
     # every searchable field is a real config field: building a config from samples works
     sample = {k: (v.sample() if hasattr(v, "sample") else v) for k, v in space["model_params"].items()}
-    assert spec.make_config(**sample) is not None
+    config = spec.make_config(**sample)
+    assert {k: getattr(config, k) for k in sample} == sample
 
 
 def test_space_with_unknown_field_is_rejected(tmp_path):
