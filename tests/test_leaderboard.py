@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import wilcoxon
 
 from harness.leaderboard.build import write_all, write_leaderboard
+from harness.leaderboard.plots import residual_axis_limit
 from harness.tuning.tracking import default_tracking_uri, prepare_store
 
 DATASET = "steels_yield"
@@ -469,3 +470,12 @@ def test_matbench_package_loads_the_submission_file(matbench_store, tmp_path):
     plain_json.write_bytes(gzip.decompress(path.read_bytes()))
     mb = bench.MatbenchBenchmark.from_file(str(plain_json))
     assert mb.tasks_map["matbench_steels"].all_folds_recorded
+
+
+def test_residual_axis_ignores_the_last_percent_of_outliers():
+    rng = np.random.default_rng(0)
+    bulk = rng.normal(0.0, 10.0, 990)
+    values = np.concatenate([bulk, np.full(10, 5000.0)])  # 1% far outliers, as on matbench_phonons
+    limit = residual_axis_limit(values)
+    assert np.percentile(np.abs(bulk), 95) < limit < 5000.0
+    assert residual_axis_limit(np.zeros(5)) == 1.0  # a perfect fit still gets an axis

@@ -134,6 +134,15 @@ def parity(tables: SuiteTables, dataset: str) -> bytes | None:
     return _styled(draw)
 
 
+def residual_axis_limit(values: np.ndarray) -> float:
+    """Half-width of the residual histograms' shared axis: the 99th percentile of |residual|.
+
+    A few outliers (phonon peaks off by thousands of cm^-1) would otherwise stretch the axis until
+    the bulk is one bar; the residuals beyond the limit are drawn in the two edge bins."""
+    magnitude = np.abs(values)
+    return float(np.percentile(magnitude, 99)) or float(np.max(magnitude)) or 1.0
+
+
 def residuals(tables: SuiteTables, dataset: str) -> tuple[bytes | None, bool]:
     """Histogram of residuals (prediction - target) of test, and of train where logged.
     Returns (png, whether any train residuals were drawn)."""
@@ -152,23 +161,27 @@ def residuals(tables: SuiteTables, dataset: str) -> tuple[bytes | None, bool]:
     if not items:
         return None, False
     everything = np.concatenate([np.concatenate([t] + ([r] if r is not None else [])) for _, t, r in items])
-    edges = np.histogram_bin_edges(everything, bins=40)
+    limit = residual_axis_limit(everything)
+    edges = np.linspace(-limit, limit, 41)
+    beyond = float(np.mean(np.abs(everything) > limit))
+
+    def hist(ax, values, **kwargs):
+        ax.hist(np.clip(values, -limit, limit), bins=edges, density=True, alpha=0.5, **kwargs)
 
     def draw():
         fig, axes = _figure(len(items))
         for ax, (res, test, train) in zip(axes, items):
             if train is not None:
-                ax.hist(train, bins=edges, density=True, alpha=0.5, color="C0",
-                        label=f"train (MAE {np.mean(np.abs(train)):.4g})")
-            ax.hist(test, bins=edges, density=True, alpha=0.5, color="C1",
-                    label=f"test (MAE {np.mean(np.abs(test)):.4g})")
+                hist(ax, train, color="C0", label=f"train (MAE {np.mean(np.abs(train)):.4g})")
+            hist(ax, test, color="C1", label=f"test (MAE {np.mean(np.abs(test)):.4g})")
             ax.axvline(0, color="0.3", lw=1)
             ax.set_title(res.label)
             ax.set_xlabel(_axis_label(tables, dataset, "prediction − true"))
             ax.set_ylabel("density")
             ax.legend(loc="upper right")
         what = "train and test" if any_train else "test only (train predictions not logged)"
-        fig.suptitle(f"{dataset}: residuals, {what}; all final fits")
+        clipped = f"; the {beyond:.1%} beyond ±{limit:.3g} are in the edge bins" if beyond else ""
+        fig.suptitle(f"{dataset}: residuals, {what}; all final fits{clipped}")
         return fig
 
     return _styled(draw), any_train
