@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import wilcoxon
 
 from harness.leaderboard.build import write_all, write_leaderboard
-from harness.leaderboard.plots import residual_axis_limit
+from harness.leaderboard.plots import _value_axis, residual_axis_limit
 from harness.tuning.tracking import default_tracking_uri, prepare_store
 
 DATASET = "steels_yield"
@@ -479,3 +479,14 @@ def test_residual_axis_ignores_the_last_percent_of_outliers():
     limit = residual_axis_limit(values)
     assert np.percentile(np.abs(bulk), 95) < limit < 5000.0
     assert residual_axis_limit(np.zeros(5)) == 1.0  # a perfect fit still gets an axis
+
+
+def test_value_axis_is_log_only_where_the_panel_spans_more_than_20x():
+    from matplotlib.figure import Figure
+
+    wide, narrow = Figure().subplots(1, 2)
+    _value_axis(wide, np.array([2500.0, 140.0, 50.0, np.nan]))  # a diverged first epoch, then converged
+    _value_axis(narrow, np.array([22.5, 22.51, 22.53]))  # a classical model's four trials
+    assert wide.get_yscale() == "log" and narrow.get_yscale() == "linear"
+    labels = [wide.yaxis.get_major_formatter()(v, 0) for v in (50.0, 100.0, 200.0)]
+    assert labels == ["50", "100", "200"]  # plain numbers, not 5 x 10^1

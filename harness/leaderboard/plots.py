@@ -36,12 +36,28 @@ def _epoch_axis(ax, last_epoch: float) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _value_axis(ax, values: np.ndarray) -> None:
+    """Log scale where this panel's values span more than 20x (a diverged first epoch beside the
+    converged ones), with plain tick labels (10, 20, 50) instead of 2 x 10^1; linear otherwise."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    values = values[np.isfinite(values) & (values > 0)]
+    if len(values) == 0 or values.max() / values.min() <= 20:
+        return
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _figure(n_panels: int, ncols_max: int = 3):
     from matplotlib.figure import Figure
 
     ncols = max(1, min(ncols_max, n_panels))
     nrows = max(1, math.ceil(n_panels / ncols))
-    fig = Figure(figsize=(PANEL[0] * ncols, PANEL[1] * nrows), dpi=DPI)
+    # constrained layout makes room for the suptitle above two-line panel titles (tight_layout
+    # let them overlap).
+    fig = Figure(figsize=(PANEL[0] * ncols, PANEL[1] * nrows), dpi=DPI, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[n_panels:]:
         ax.set_visible(False)
@@ -58,7 +74,8 @@ def _png(fig) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
@@ -209,6 +226,7 @@ def learning_curves(tables: SuiteTables, dataset: str) -> bytes | None:
                         label=f"{split}/seed {seed} train")
                 ax.plot(h["epoch"], h["val_mae"], color=color, lw=1.2, ls="--", alpha=0.8,
                         label=f"{split}/seed {seed} val")
+            _value_axis(ax, np.concatenate([h[k].to_numpy(float) for _, _, h in curves for k in ("train_mae", "val_mae")]))
             _panel_title(ax, res.label, "solid: train, dashed: val")
             _epoch_axis(ax, max(float(h["epoch"].max()) for _, _, h in curves))
             ax.set_xlabel("epoch")
@@ -233,10 +251,6 @@ def trial_curves(tables: SuiteTables, dataset: str) -> bytes | None:
             items.append((tables.labels[model], curves, int(len(runs))))
     if not items:
         return None
-    values = np.concatenate([c["val_mae"].to_numpy(float) for _, curves, _ in items for _, _, c in curves])
-    values = values[np.isfinite(values) & (values > 0)]
-    log = len(values) > 0 and values.max() / values.min() > 20
-
     def draw():
         fig, axes = _figure(len(items))
         for ax, (label, curves, n_runs) in zip(axes, items):
@@ -248,8 +262,7 @@ def trial_curves(tables: SuiteTables, dataset: str) -> bytes | None:
                 ax.plot(c["epoch"], c["val_mae"], color=color, lw=1, alpha=0.7, marker=".", ms=3, label=name)
                 if state == "pruned" and len(c):
                     ax.plot(c["epoch"].iloc[-1], c["val_mae"].iloc[-1], "x", color=color, ms=6)
-            if log:
-                ax.set_yscale("log")
+            _value_axis(ax, np.concatenate([c["val_mae"].to_numpy(float) for _, _, c in curves]))
             _panel_title(ax, label, f"{n_runs} trials")
             _epoch_axis(ax, max((float(c["epoch"].max()) for _, _, c in curves if len(c)), default=1))
             ax.set_xlabel("epoch")
