@@ -361,6 +361,8 @@ def render_dataset(t: SuiteTables, dataset: str, plots: dict[str, str | None], t
                        "Residuals (prediction − true) of the test predictions of all final fits. **Train "
                        "residuals are not shown: the sweep logs only `predictions_test.csv`** (train MAE is in "
                        "the final-fit table below).")
+            caption += (" The axis spans the 99th percentile of |residual| over all panels; residuals beyond "
+                        "it are counted in the two edge bins (the title says how many).")
         path = plots.get(key)
         if path:
             lines += [caption, "", f"![{title}]({path})", ""]
