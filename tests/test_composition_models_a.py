@@ -224,6 +224,16 @@ def test_train_standardizer_uses_training_rows_only() -> None:
     before = standardizer.count.item()
     standardizer(torch.full((8, 5), 1e6))  # evaluation rows never move the statistics
     assert standardizer.count.item() == before == 96 * 2
+    # a row outside a column's training range counts as the range's edge
+    far, edge = train[:1].double().clone(), train[:1].double().clone()
+    far[0, 3], edge[0, 3] = 1e6, train[:, 3].max()
+    assert torch.equal(standardizer(far), standardizer(edge))
+    # a checkpoint from before the range was kept loads, unbounded as it was written
+    old_state = {k: v for k, v in standardizer.state_dict().items() if k not in ("low", "high")}
+    restored = TrainStandardizer(5)
+    restored.load_state_dict(old_state)
+    restored.eval()
+    assert torch.isinf(restored.high).all() and restored(far)[0, 3] > 1e8
 
 
 def _small_split(dataset, n_train: int, n_val: int) -> Split:

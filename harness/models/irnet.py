@@ -37,6 +37,7 @@ Adapted:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +82,12 @@ class TrainStandardizer(nn.Module):
     split, and later epochs (the same rows again) leave them unchanged. Eval mode only reads
     them, so validation and test rows never enter. Buffers, not parameters: they travel in the
     state dict and checkpoints. Constant columns get std 1, as scikit-learn's StandardScaler.
+
+    Inputs are clipped to each column's training range first (training rows are unchanged).
+    Why: a column nearly constant on the training rows has a tiny std, and a test row outside
+    its range becomes a huge input that a ReLU network extrapolates linearly (matbench_expt_gap
+    fold 3: a Magpie column with training std 5.6e-7 puts Fe9Co7 at 2.7e6 std; the same case
+    sent a ridge prediction 49,000 eV off, see ``harness/models/classical.py``).
     """
 
     def __init__(self, n_features: int) -> None:
@@ -88,10 +95,21 @@ class TrainStandardizer(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("mean", torch.zeros(n_features, dtype=torch.float64))
         self.register_buffer("m2", torch.zeros(n_features, dtype=torch.float64))  # sum of squared deviations
+        self.register_buffer("low", torch.full((n_features,), math.inf, dtype=torch.float64))
+        self.register_buffer("high", torch.full((n_features,), -math.inf, dtype=torch.float64))
 
     def reset_parameters(self) -> None:
         for buffer in (self.count, self.mean, self.m2):
             buffer.zero_()
+        self.low.fill_(math.inf)
+        self.high.fill_(-math.inf)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints written before the range was kept have no low/high: load them as unbounded
+        # (their behaviour when written) instead of failing a resumed trial on missing keys.
+        for name, fill in (("low", -math.inf), ("high", math.inf)):
+            state_dict.setdefault(prefix + name, torch.full_like(getattr(self, name), fill))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def _update(self, x: Tensor) -> None:
@@ -103,11 +121,15 @@ class TrainStandardizer(nn.Module):
         self.mean += delta * (n / total)
         self.m2 += batch_m2 + delta**2 * (self.count * n / total)
         self.count.copy_(total)
+        torch.minimum(self.low, x.min(dim=0).values, out=self.low)
+        torch.maximum(self.high, x.max(dim=0).values, out=self.high)
 
     def forward(self, x: Tensor) -> Tensor:
         x64 = x.double()
         if self.training:
             self._update(x64)
+        if self.count > 0:
+            x64 = torch.clamp(x64, self.low, self.high)
         std = (self.m2 / self.count.clamp(min=1)).sqrt()
         std = torch.where(std < 10 * torch.finfo(torch.float64).eps, torch.ones_like(std), std)
         return ((x64 - self.mean) / std).to(x.dtype)
