@@ -77,6 +77,10 @@ def test_trials_of_two_models_run_concurrently_on_both_nodes(cluster):
     assert _wait(proc, 600) == 0, proc.log.read_text()[-3000:]
     trials = _runs(cluster["uri"], "trial")
     assert len(trials) == 6 and all(r.info.status == "FINISHED" for r in trials)
+    # every trial trained on its own search's model, dataset and split (a shared trainable name
+    # once let one search's trials run with the other's context)
+    for r in trials:
+        assert r.data.tags["trained_on"] == "/".join(r.data.tags[k] for k in ("model", "dataset", "split"))
     used = {n for r in trials for n in r.data.tags["node_ids"].split(",")}
     assert used == {n["id"] for n in cluster["nodes"]}, "trials ran on both nodes"
     # the two searches overlapped in time

@@ -131,3 +131,16 @@ def test_embedded_ray_runs_trials_at_the_drivers_priority(monkeypatch):
         ray.shutdown()
         os.environ.pop("RAY_worker_niceness", None)
     assert worker_nice == os.nice(0)
+
+
+def test_each_search_registers_its_trainable_under_its_own_name():
+    """Tune looks trainables up by name in a cluster-wide registry: two searches side by side
+    under one name ran each other's trials (model, dataset and split of the other search)."""
+    from ray.tune.experiment import Experiment
+
+    from harness.tuning.sweep import _search_trainable, trainable_name
+
+    names = {trainable_name(f"sweep__ridge__{d}__fold{k}", "ridge") for d in ("a", "b") for k in range(5)}
+    assert len(names) == 10 and all(n.startswith("ridge_") for n in names)
+    bound = _search_trainable(context=None, name="ridge_0123abcd", resources={"cpu": 1, "gpu": 0})
+    assert Experiment.get_trainable_name(bound) == "ridge_0123abcd"

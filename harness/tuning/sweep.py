@@ -14,6 +14,7 @@ fold gets its own search and the test fold is never seen before the final scorin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -417,8 +418,13 @@ def _search_and_evaluate(
         rungs=_asha_rungs(opts.grace_period, opts.reduction_factor, opts.max_epochs),
     )
     if state["stage"] == "searching":
+        # Experiments started before names were unique were registered as "_trial_entry", and
+        # Tune restores an experiment only with the name it was started with.
+        name = state.setdefault("trainable_name", _LEGACY_TRAINABLE_NAME if _experiment_exists(
+            opts, workdir, search_name) else trainable_name(search_name, model))
+        _save_state(workdir, search_name, state)
         results = _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label,
-                              parent_run_id, tags, model, context)
+                              parent_run_id, tags, model, context, name)
         if _interrupted(results, opts.num_samples):
             # Tune catches SIGINT, saves the experiment and returns normally: the search must stay
             # "searching" (not be judged on the trials so far) so that --resume finishes it.
@@ -458,19 +464,36 @@ def _search_and_evaluate(
     return outcome
 
 
+def trainable_name(search_name: str, model: str) -> str:
+    """The name a search's trainable is registered under in Ray, unique per search.
+
+    Tune registers a function trainable in the cluster-wide registry under its ``__name__`` and
+    looks it up by that name each time it starts a trial. With one shared name, two searches
+    running side by side (``--concurrent-searches``) overwrote each other's entry, and trials of
+    one search ran with the other's bound context (model, dataset, split) while reporting to
+    the first: seen as "model 'ridge': unknown hyperparameter(s) ['l1_ratio']"."""
+    return f"{model}_{hashlib.sha1(search_name.encode()).hexdigest()[:8]}"
+
+
+def _search_trainable(context, name: str, resources: dict[str, float]):
+    from ray import tune
+
+    bound = tune.with_parameters(_trial_entry, context=context)
+    bound.__name__ = name  # the registry key (and the trial directory prefix)
+    return tune.with_resources(bound, resources)
+
+
 def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, parent_run_id,
-                tags, model, context):
+                tags, model, context, registered_name):
     """Fit (or, if its experiment directory exists, restore and finish) one Tune search."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     spec = get_model(model)
     storage_root = opts.storage or str(workdir / "ray_results")
-    experiment_path = f"{storage_root.rstrip('/')}/{search_name}"
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial_entry, context=context),
-        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
-    )
+    experiment_path = _experiment_path(opts, workdir, search_name)
+    trainable = _search_trainable(context, registered_name,
+                                  {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     space = load_space(spec, opts.space_dir)
     if tune.Tuner.can_restore(experiment_path):
         # Our own experiment directory (trusted): Ray restores its pickled state, the
@@ -523,6 +546,20 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
         ),
     )
     return _fit_keeping_sigint(tuner)
+
+
+_LEGACY_TRAINABLE_NAME = "_trial_entry"
+
+
+def _experiment_path(opts, workdir, search_name) -> str:
+    storage_root = opts.storage or str(workdir / "ray_results")
+    return f"{storage_root.rstrip('/')}/{search_name}"
+
+
+def _experiment_exists(opts, workdir, search_name) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(_experiment_path(opts, workdir, search_name))
 
 
 def _fit_keeping_sigint(tuner):

@@ -114,6 +114,7 @@ class TrialRunLogger(tune.Callback):
         self._client: MlflowClient | None = None
         self._last_step: dict[str, int] = {}  # trial -> last epoch already in MLflow
         self._nodes: dict[str, list[str]] = {}
+        self._trained_on: dict[str, str] = {}  # trial id -> the trained_on tag already logged
         self._closed: dict[str, bool] = {}  # trial -> its run is already terminated
 
     @property
@@ -185,6 +186,10 @@ class TrialRunLogger(tune.Callback):
         if isinstance(node, str) and node not in nodes:
             nodes.append(node)
             tags.append(RunTag("node_ids", ",".join(nodes)))
+        trained_on = result.get("trained_on")
+        if isinstance(trained_on, str) and trained_on != self._trained_on.get(trial.trial_id):
+            self._trained_on[trial.trial_id] = trained_on
+            tags.append(RunTag("trained_on", trained_on))
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = {} if self.error_key in result else numeric_metrics(result)
         if step <= self._logged_until(trial.trial_id, run_id):

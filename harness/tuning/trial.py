@@ -68,6 +68,12 @@ class TrialContext:
     checkpoint_every: int = 25
     rungs: tuple[int, ...] = ()
 
+    @property
+    def label(self) -> str:
+        """``model/dataset/split``: reported with every result (``trained_on``) and kept as a
+        trial run's tag, so a run shows what its trial actually trained on."""
+        return f"{self.model}/{self.dataset}/{self.split.name}"
+
 
 def build(context: TrialContext, params: dict[str, Any], seed: int):
     """(model, train_config) for one set of sampled hyperparameters."""
@@ -101,7 +107,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
         metrics = fit_sklearn(spec, model_config, context.features, context.targets, context.split,
                               seed=context.seed)
-        tune.report({**metrics, "epoch": 1, FINISHED_KEY: True})
+        tune.report({**metrics, "epoch": 1, FINISHED_KEY: True, "trained_on": context.label})
         return
 
     import torch
@@ -116,7 +122,8 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     def on_epoch(metrics: dict[str, float], trainer) -> None:
         epoch = int(metrics["epoch"])
         last = epoch >= train_config.epochs or bool(getattr(trainer, "will_stop", False))
-        report = {**metrics, "n_params": n_params, "best_val_mae": trainer.best_val_mae, "node_id": node}
+        report = {**metrics, "n_params": n_params, "best_val_mae": trainer.best_val_mae, "node_id": node,
+                  "trained_on": context.label}
         if last:
             report[FINISHED_KEY] = True
         if _should_checkpoint(epoch, last, context):
