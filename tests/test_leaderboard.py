@@ -332,7 +332,7 @@ def degraded(store, tmp_path_factory):
     parent = run("search", "FAILED", {"trials_failed": 1}, dataset="castelli", split="fold0",
                  final_status="no trial completed; nothing to evaluate", **new)
     run("trial", "FAILED", {}, dataset="castelli", split="fold0", trial_state="failed",
-        **new, **{"mlflow.parentRunId": parent})
+        trained_on="hotcrab/castelli/fold0", **new, **{"mlflow.parentRunId": parent})  # another search's
     out = tmp_path_factory.mktemp("lb_degraded_out")
     page = write_leaderboard(SUITE, uri, out)
     return {"uri": uri, "out": out, "text": page.read_text()}
@@ -363,6 +363,10 @@ def test_missing_metric_failed_runs_and_no_final_runs_are_shown_as_such(store, d
     assert budget["parameters"] == "n/a" and budget["final CPU-h"] == "n/a"  # unknown, not 0
     castelli = row_of(tables["Budget"][0], "dataset", "castelli")
     assert castelli["trials (completed / pruned / failed)"] == "0 / 0 / 1" and castelli["final fits"] == "0 of 0"
+    # a trial that trained on another search's model is called out, the others are not
+    notes = [line for line in degraded["text"].splitlines() if "trained on another search" in line]
+    assert notes == ["- castelli / CrabNet: 1 trial(s) trained on another search's model/dataset/split "
+                     "(`trained_on` hotcrab/castelli/fold0): this search's choice is suspect"]
     # each dataset still gets its page, saying which plot could not be drawn and why
     page = (degraded["out"] / SUITE / "castelli.md").read_text()
     assert "No plot: no final fit with logged test predictions." in page

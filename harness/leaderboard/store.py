@@ -105,7 +105,7 @@ RUN_COLUMNS = [
     "run_id", "status", "start_time", "end_time", "stage", "dataset", "model", "model_label", "split",
     "split_scheme", "seed", "sweep_id", "unit", "target", "hardware", "git_commit", "harness_version",
     "max_epochs", "num_samples", "subsample", "data_rows", "data_dropped", "data_sha256", "input_kind",
-    "trial_state", "trial_id", "error", "final_status", "parent_run_id", "metrics", "params",
+    "trial_state", "trial_id", "trained_on", "error", "final_status", "parent_run_id", "metrics", "params",
 ]
 
 
@@ -138,6 +138,7 @@ def _run_row(run) -> dict:
         "input_kind": tags.get("input_kind", ""),
         "trial_state": tags.get("trial_state", ""),
         "trial_id": tags.get("trial_id", ""),
+        "trained_on": tags.get("trained_on", ""),
         "error": tags.get("error", ""),
         "final_status": tags.get("final_status", ""),
         "parent_run_id": tags.get("mlflow.parentRunId", ""),

@@ -279,6 +279,14 @@ def pair_result(data: SuiteData, dataset: str, model: str) -> PairResult:
     for state in trials["trial_state"] if not trials.empty else []:
         counts[state or "unknown"] = counts.get(state or "unknown", 0) + 1
     res.trials = counts
+    # A trial reports what it trained on; a mismatch means its search chose hyperparameters on
+    # another search's results (the shared trainable name of concurrent searches, now fixed).
+    foreign = [t for _, t in trials.iterrows()
+               if t["trained_on"] and t["trained_on"] != f"{t['model']}/{t['dataset']}/{t['split']}"] \
+        if not trials.empty else []
+    if foreign:
+        res.cost_notes.append(f"{len(foreign)} trial(s) trained on another search's model/dataset/split "
+                              f"(`trained_on` {foreign[0]['trained_on']}): this search's choice is suspect")
     resources = _resources(searches)
     epochs = [e for e in trials["epochs"] if finite(e)] if not trials.empty else []
     res.search_epochs = float(sum(epochs)) if epochs else math.nan
