@@ -251,6 +251,7 @@ def trial_curves(tables: SuiteTables, dataset: str) -> bytes | None:
             items.append((tables.labels[model], curves, int(len(runs))))
     if not items:
         return None
+
     def draw():
         fig, axes = _figure(len(items))
         for ax, (label, curves, n_runs) in zip(axes, items):

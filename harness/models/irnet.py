@@ -128,8 +128,9 @@ class TrainStandardizer(nn.Module):
         x64 = x.double()
         if self.training:
             self._update(x64)
-        if self.count > 0:
-            x64 = torch.clamp(x64, self.low, self.high)
+        # torch.where, not `if self.count > 0`: no host sync per forward on a GPU. Before any
+        # training row the bounds are (+inf, -inf) and the clamp result is discarded.
+        x64 = torch.where(self.count > 0, torch.clamp(x64, self.low, self.high), x64)
         std = (self.m2 / self.count.clamp(min=1)).sqrt()
         std = torch.where(std < 10 * torch.finfo(torch.float64).eps, torch.ones_like(std), std)
         return ((x64 - self.mean) / std).to(x.dtype)
