@@ -7,7 +7,8 @@ bonds ``a -> b`` that share their centre atom, messages flowing to ``b``.
 - :class:`RBFExpansion` ``d -> exp(-gamma (d - mu_k)^2)``, ``mu_k`` evenly spaced in
   ``[vmin, vmax]`` (``bins`` of them). ``gamma`` defaults to ``1 / spacing`` as in ALIGNN's
   ``RBFExpansion`` (a quirk kept on purpose: 1/spacing, not 1/spacing^2); CGCNN passes
-  ``1 / step^2`` (its ``GaussianDistance`` with ``var = step``).
+  ``1 / step^2`` (its ``GaussianDistance`` with ``var = step``). Its far tail is cut to 0
+  (:func:`drop_subnormal_tail`).
 - :class:`ElementTable` a frozen per-element feature table looked up by atomic number
   (the CGCNN 92-d one-hot-binned atom features of Xie & Grossman, ``cgcnn_atom_features``).
 - :func:`atom_embedding` ``"learned"`` (``nn.Embedding`` by Z) or ``"cgcnn"`` (table -> linear).
@@ -44,6 +45,24 @@ def scatter_mean(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
     return total / count.clamp(min=1).view((-1,) + (1,) * (src.dim() - 1))
 
 
+GAUSSIAN_TAIL = 1e-30  # basis values below this become exactly 0 (float32's smallest normal: 1.2e-38)
+
+
+def drop_subnormal_tail(basis: Tensor) -> Tensor:
+    """``basis`` (non-negative Gaussian values) with every entry under ``GAUSSIAN_TAIL`` set to 0.
+
+    Why: ``exp(-gamma (d - mu_k)^2)`` lands in float32's subnormal range for centres ``mu_k``
+    far from ``d``, and x86 CPUs take a slow microcode path for every multiply-add that reads or
+    yields a subnormal. The basis feeds the first linear layer of every edge, so the backward
+    matmuls over the edges ran at a fifth of their speed: a CGCNN training step on
+    matbench_phonons (batch 64, 1 thread) took 287 ms with the tail and 69 ms without
+    (``torch.set_flush_denormal`` gives the same, but only for the calling thread, not torch's
+    intra-op workers). A value under 1e-30 beside the O(1) values of the same row carries
+    nothing; its gradient is 0 instead of ~1e-30.
+    """
+    return basis.masked_fill(basis < GAUSSIAN_TAIL, 0.0)
+
+
 class RBFExpansion(nn.Module):
     """``[*] -> [*, bins]``: Gaussian radial basis ``exp(-gamma (x - mu_k)^2)``."""
 
@@ -58,7 +77,7 @@ class RBFExpansion(nn.Module):
         self.bins = bins
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.exp(-self.gamma * (x.unsqueeze(-1) - self.centers.to(x.dtype)) ** 2)
+        return drop_subnormal_tail(torch.exp(-self.gamma * (x.unsqueeze(-1) - self.centers.to(x.dtype)) ** 2))
 
 
 @lru_cache(maxsize=1)

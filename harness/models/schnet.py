@@ -30,7 +30,7 @@ from torch_geometric.nn import global_add_pool, global_mean_pool
 from torch_geometric.nn.models.schnet import GaussianSmearing, InteractionBlock, ShiftedSoftplus
 
 from harness.featurize.graph_types import GraphBatch
-from harness.models.blocks_graph import atom_embedding, graph_sizes
+from harness.models.blocks_graph import atom_embedding, drop_subnormal_tail, graph_sizes
 from harness.models.registry import CRYSTAL_GRAPH, ModelSpec, register
 
 READOUTS = ("mean", "add")
@@ -87,7 +87,7 @@ class SchNet(nn.Module):
         g = batch.graph
         keep = g.edge_length <= self.config.cutoff
         edge_index, length = g.edge_index[:, keep], g.edge_length[keep]
-        edge_attr = self.distance_expansion(length)
+        edge_attr = drop_subnormal_tail(self.distance_expansion(length))
         h = self.embedding(g.z)
         for interaction in self.interactions:
             h = h + interaction(h, edge_index, length, edge_attr)
