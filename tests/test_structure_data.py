@@ -322,6 +322,13 @@ def test_crystal_graphs_cached_and_batched(elastic, tmp_path, monkeypatch):
         warm = time.perf_counter() - start
     print(f"crystal_graph of 300 structures: cold {cold:.2f} s, cached {warm:.3f} s")
     assert warm < cold
+    # CGCNN and SchNet read the same file without line graphs (built per batch, never stored)
+    with monkeypatch.context() as patch:
+        patch.setattr(gr, "build_arrays", no_build)
+        plain = featurize("periodic_graph", ds)
+    assert not plain.info["lg"] and len(list((tmp_path / "features").rglob("*.pt"))) == 1
+    plain_batch = next(plain.batches(ds.split("random").train[:4], np.zeros(4), batch_size=4)).graph
+    assert "lg_edge_index" not in plain_batch and plain_batch.edge_index.shape[1] > 0
     idx = ds.split("random").train[:70]
     y = np.arange(len(idx), dtype=float)
     batches = list(again.batches(idx, y, batch_size=32))

@@ -31,10 +31,14 @@ def _structure_kind(kind: str) -> Callable[[Dataset], Features]:
     return featurizer
 
 
+STRUCTURE_KINDS = ("crystal_graph", "periodic_graph", "crystal_graph_lern", "magpie_structure")
+
 FEATURIZERS: dict[str, Callable[[Dataset], Features]] = {
     "composition_tokens": CompositionTokens.from_dataset,
-    # structure kinds: graph + line graph (k = 12), graph + LERN site environments, 145 + 128 attributes
+    # structure kinds: graph + line graph (k = 12), the graph alone, graph + LERN site environments,
+    # 145 + 128 attributes. crystal_graph and periodic_graph read one cached file per dataset.
     "crystal_graph": _structure_kind("crystal_graph"),
+    "periodic_graph": _structure_kind("periodic_graph"),
     "crystal_graph_lern": _structure_kind("crystal_graph_lern"),
     "magpie_structure": _structure_kind("magpie_structure"),
     "magpie": MagpieFeatures.from_dataset,
@@ -59,7 +63,7 @@ def default_info(input_kind: str) -> dict:
 
     frame = pd.DataFrame({"id": ["p0", "p1", "p2"], "formula": ["Fe2O3", "NaCl", "BaTiO3"],
                           "target": [0.0, 1.0, 2.0]})
-    if input_kind in ("crystal_graph", "crystal_graph_lern", "magpie_structure"):
+    if input_kind in STRUCTURE_KINDS:
         from harness.featurize.graphs import probe_structures
 
         frame["structure"] = probe_structures()  # real cells of the same three compounds

@@ -350,7 +350,10 @@ def config_hash(dataset: Dataset, config: dict) -> str:
 
 
 def cache_path(dataset: Dataset, config: GraphConfig) -> Path:
-    key = config_hash(dataset, {**config.__dict__, "format": GRAPH_FORMAT})
+    # line graphs are built per batch from the stored edges, never stored: a model that needs
+    # none (CGCNN, SchNet) reads the same file as one that does (ALIGNN)
+    fields = {k: v for k, v in config.__dict__.items() if k != "line_graph"}
+    key = config_hash(dataset, {**fields, "format": GRAPH_FORMAT})
     return cache_dir() / "features" / config.kind / f"{dataset.cache_key}-{key}.pt"
 
 

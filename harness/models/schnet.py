@@ -31,7 +31,7 @@ from torch_geometric.nn.models.schnet import GaussianSmearing, InteractionBlock,
 
 from harness.featurize.graph_types import GraphBatch
 from harness.models.blocks_graph import atom_embedding, drop_subnormal_tail, graph_sizes
-from harness.models.registry import CRYSTAL_GRAPH, ModelSpec, register
+from harness.models.registry import PERIODIC_GRAPH, ModelSpec, register
 
 READOUTS = ("mean", "add")
 
@@ -114,7 +114,7 @@ PAPER = "Schütt, Sauceda, Kindermans, Tkatchenko, Müller, J. Chem. Phys. 148, 
 SCHNET_SPEC = register(
     ModelSpec(
         name="schnet",
-        input_kind=CRYSTAL_GRAPH,
+        input_kind=PERIODIC_GRAPH,
         config_cls=SchNetConfig,
         build=build_schnet,
         train_defaults=SCHNET_TRAINING,
