@@ -113,7 +113,7 @@ def real() -> tuple[list[Structure], np.ndarray, CrystalGraphs]:
 
 
 def test_registry_group_and_spaces() -> None:
-    from harness.models.registry import CRYSTAL_GRAPH, CRYSTAL_GRAPH_LERN, MAGPIE_STRUCTURE
+    from harness.models.registry import CRYSTAL_GRAPH, CRYSTAL_GRAPH_LERN, MAGPIE_STRUCTURE, PERIODIC_GRAPH
     from harness.tuning.space import load_space
 
     assert set(GROUPS["all-structure"]) >= {
@@ -121,7 +121,8 @@ def test_registry_group_and_spaces() -> None:
     }
     kinds = {name: get_model(name).input_kind for name in GROUPS["all-structure"]}
     assert kinds["lern"] == CRYSTAL_GRAPH_LERN
-    assert {kinds[n] for n in ("crysformer", "alignn", "cgcnn", "schnet")} == {CRYSTAL_GRAPH}
+    assert kinds["crysformer"] == kinds["alignn"] == CRYSTAL_GRAPH  # they read the line graph's angles
+    assert kinds["cgcnn"] == kinds["schnet"] == PERIODIC_GRAPH
     assert kinds["irnet17_structure"] == kinds["irnet48_structure"] == MAGPIE_STRUCTURE
     for name in GROUPS["all-structure"]:
         spec = get_model(name)
