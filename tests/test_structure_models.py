@@ -144,6 +144,40 @@ def test_configs_are_validated() -> None:
             get_model(name).make_config(**bad)
 
 
+def test_cgcnn_conv_equals_the_reference_conv_layer() -> None:
+    """GateNormCGConv + the outer softplus == the reference ``ConvLayer`` (txie-93/cgcnn,
+    ``cgcnn/model.py``), written out here in its dense N x M form with the same weights:
+    ``fc_full`` is PyG's two linear maps stacked, ``bn1`` their two BatchNorms side by side."""
+    import torch.nn.functional as F
+
+    from harness.models.cgcnn import GateNormCGConv
+
+    torch.manual_seed(0)
+    n_atoms, m, width, n_gauss = 10, 12, 16, 41
+    conv = GateNormCGConv(width, n_gauss)
+    for bn in (conv.bn_gate, conv.bn_core, conv.bn):  # non-trivial affine parameters
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(bn.bias, -0.5, 0.5)
+    x = torch.randn(n_atoms, width)
+    nbr_idx = torch.randint(0, n_atoms, (n_atoms, m))  # reference layout: M neighbours per atom
+    nbr_fea = torch.rand(n_atoms, m, n_gauss)
+    # PyG: edge j -> i for every (i, neighbour j)
+    edge_index = torch.stack([nbr_idx.reshape(-1), torch.arange(n_atoms).repeat_interleave(m)])
+    ours = F.softplus(conv(x, edge_index, nbr_fea.reshape(-1, n_gauss)))
+
+    fc_w = torch.cat([conv.lin_f.weight, conv.lin_s.weight])
+    fc_b = torch.cat([conv.lin_f.bias, conv.lin_s.bias])
+    total = torch.cat([x.unsqueeze(1).expand(n_atoms, m, width), x[nbr_idx], nbr_fea], dim=2)
+    gated = F.linear(total, fc_w, fc_b).view(-1, 2 * width)
+    gated = F.batch_norm(gated, None, None, torch.cat([conv.bn_gate.weight, conv.bn_core.weight]),
+                         torch.cat([conv.bn_gate.bias, conv.bn_core.bias]), training=True, eps=1e-5)
+    nbr_filter, nbr_core = gated.view(n_atoms, m, 2 * width).chunk(2, dim=2)
+    summed = torch.sum(torch.sigmoid(nbr_filter) * F.softplus(nbr_core), dim=1)
+    summed = F.batch_norm(summed, None, None, conv.bn.weight, conv.bn.bias, training=True, eps=1e-5)
+    reference = F.softplus(x + summed)
+    assert torch.allclose(ours, reference, atol=1e-5), (ours - reference).abs().max()
+
+
 def test_parameter_counts_of_paper_defaults() -> None:
     counts = {}
     for name, (low, high) in PARAM_RANGES.items():
