@@ -22,9 +22,10 @@ train_rows=all`` reproduces that split, so the submission's protocol runs as
 (on a GPU; ~10 h per fold on one CPU core).
 
 CPU cost (this is why the script is not run by the test suite): on 1 core ALIGNN and Crysformer
-take ~50 s per epoch of one fold (~4 h for 300 epochs); CGCNN and SchNet are ~50x cheaper.
-So a fit outlives a session: every epoch is checkpointed (``$HARNESS_CACHE/benchmarks/
-phonons_accuracy/checkpoints/``) and the same command continues an unfinished fit where it stopped,
+take ~50 s per epoch of one fold (~4 h for 300 epochs); CGCNN takes ~1 s (1,000 epochs of a
+fold in 15-20 min, two folds side by side on 2 cores), SchNet less. So a slow fit outlives a
+session: every epoch is checkpointed (``$HARNESS_CACHE/benchmarks/phonons_accuracy/checkpoints/``)
+and the same command continues an unfinished fit where it stopped,
 with its RNG states, so the result equals an uninterrupted fit's. Finished fits are appended to
 ``benchmarks/records/phonons_accuracy.jsonl`` (committed) and the ``phonons_accuracy`` section of
 ``benchmarks/RESULTS.md`` is rendered from all records (runs on several cores add up). On a GPU
@@ -315,7 +316,7 @@ def main() -> None:
                          "config (e.g. hidden_channels=128); repeatable; recorded and shown as its own rows")
     ap.add_argument("--interim-every", type=int, default=None, metavar="N",
                     help="record the best-so-far test MAE of an unfinished fit every N epochs")
-    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    ap.add_argument("--no-write", action="store_true", help="print only: append no record, leave RESULTS.md alone (a trial run, e.g. to profile)")
     args = ap.parse_args()
 
     if args.action == "run":
@@ -333,8 +334,9 @@ def main() -> None:
             features = None if name == "dummy" else featurize(get_model(name).input_kind, ds)  # cached on disk
             for fold in folds:
                 record = fit_one(name, fold, args.seed, args.epochs, args.alignn_compile, features, ds,
-                                 parse_variant(args.variant), args.interim_every)
-                append_record(SECTION, record)
+                                 parse_variant(args.variant), None if args.no_write else args.interim_every)
+                if not args.no_write:
+                    append_record(SECTION, record)
                 print(f"{name} fold {fold}: test MAE {record['test_mae']:.2f} cm^-1 ({record['minutes']:.0f} min)",
                       file=sys.stderr, flush=True)
                 if not args.no_write:
