@@ -316,7 +316,8 @@ def main() -> None:
                          "config (e.g. hidden_channels=128); repeatable; recorded and shown as its own rows")
     ap.add_argument("--interim-every", type=int, default=None, metavar="N",
                     help="record the best-so-far test MAE of an unfinished fit every N epochs")
-    ap.add_argument("--no-write", action="store_true", help="print only: append no record, leave RESULTS.md alone (a trial run, e.g. to profile)")
+    ap.add_argument("--no-write", action="store_true",
+                    help="print only: append no record, leave RESULTS.md alone (a trial run, e.g. to profile)")
     args = ap.parse_args()
 
     if args.action == "run":

@@ -220,7 +220,7 @@ def test_forward_shape_paper_default(real, name: str) -> None:
 @pytest.mark.parametrize("name", GRAPH_MODELS)
 def test_no_subnormal_floats_enter_linear_layers(real, name: str) -> None:
     """A Gaussian basis far from its centres reaches float32's subnormal range, and every x86
-    multiply-add on a subnormal takes a slow path (CGCNN and SchNet trained 5x slower): the
+    multiply-add on a subnormal takes a slow path (CGCNN and SchNet trained 3.5-5x slower): the
     basis tails are cut to 0, so no Linear layer sees a subnormal input on real crystals."""
     _, _, features = real
     model = _build(name)
