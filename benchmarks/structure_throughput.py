@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--dataset", default="mp_2018_subset:formation_energy_per_atom")
     ap.add_argument("--models", default=MODELS)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--precision", default="fp32",
+                    help="fp32, bf16 or both (fp32,bf16): TrainConfig.precision; bf16 = forward passes under "
+                         "bfloat16 autocast, as the trainer runs them")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
 
@@ -45,7 +48,7 @@ def main() -> None:
     from harness.models import get_model
     from harness.training.config import TrainConfig
     from harness.training.losses import compute_loss
-    from harness.training.trainer import build_optimizer, n_parameters, seed_everything
+    from harness.training.trainer import autocast, build_optimizer, n_parameters, seed_everything
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,21 +68,24 @@ def main() -> None:
     n_edges = int(features.tensors["n_edges"].sum())
 
     rows = []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    device = torch.device("cpu")
+    for name, precision in [(m.strip(), p) for m in args.models.split(",") if m.strip() for p in precisions]:
         spec = get_model(name)
         # the batches its input kind gives in a sweep: line graphs only for ALIGNN and Crysformer
         features = CrystalGraphs(tensors, GraphConfig(k=12, line_graph=spec.input_kind == "crystal_graph",
                                                       site_env=True))
         seed_everything(0)
         model = spec.build(spec.make_config(), features.info)
-        recipe = TrainConfig.from_dict({**spec.train_defaults, "epochs": 1})
+        recipe = TrainConfig.from_dict({**spec.train_defaults, "epochs": 1, "precision": precision})
         batch_size = recipe.batch_size or 64
         optimizer = build_optimizer(recipe, [p for p in model.parameters() if p.requires_grad])
         generator = torch.Generator().manual_seed(0)
 
         def step(batch) -> None:
-            output = model(batch)
-            loss = compute_loss(recipe.loss, output, batch.y)
+            with autocast(recipe, device):  # as Trainer._train_epoch
+                output = model(batch)
+            loss = compute_loss(recipe.loss, output.float(), batch.y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -94,25 +100,27 @@ def main() -> None:
 
         model.eval()
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(recipe, device):
             for batch in features.batches(rows_idx, y, 256):
                 model(batch)
         infer_s = time.perf_counter() - start
-        rows.append((spec.label, n_parameters(model), batch_size, train_s, n / train_s, infer_s, n / infer_s))
-        print(f"{name}: train {train_s:.1f} s ({n / train_s:.1f}/s), inference {infer_s:.1f} s ({n / infer_s:.1f}/s)",
+        rows.append((spec.label, precision, n_parameters(model), batch_size, train_s, n / train_s, infer_s,
+                     n / infer_s))
+        print(f"{name} {precision}: train {train_s:.1f} s ({n / train_s:.1f}/s), inference {infer_s:.1f} s ({n / infer_s:.1f}/s)",
               file=sys.stderr, flush=True)
 
-    table = ["| model | parameters | batch | train epoch (s) | train structures/s | inference (s) "
+    table = ["| model | precision | parameters | batch | train epoch (s) | train structures/s | inference (s) "
              "| inference structures/s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    table += [f"| {label} | {params:,} | {bs} | {tt:.1f} | {tr:.1f} | {it:.1f} | {ir:.1f} |"
-              for label, params, bs, tt, tr, it, ir in rows]
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    table += [f"| {label} | {prec} | {params:,} | {bs} | {tt:.1f} | {tr:.1f} | {it:.1f} | {ir:.1f} |"
+              for label, prec, params, bs, tt, tr, it, ir in rows]
     body = "\n".join([
         "## Structure models: training / inference throughput (`benchmarks/structure_throughput.py`)", "",
         f"{n} {args.dataset} structures (seed 0), {n_atoms:,} atoms, {n_edges:,} edges (k = 12, ties kept); "
         f"paper-default architectures and each model's recipe batch size and optimizer; one epoch after one "
         f"warm-up batch, batches collated by `CrystalGraphs.batches` (included; line graphs only for the models "
-        f"that read them); inference batch 256, eval mode. "
+        f"that read them); inference batch 256, eval mode; precision bf16 = the trainer's mixed precision "
+        f"(forward passes under bfloat16 autocast, weights and loss in float32). "
         f"CPU: {header}, {load_now()} at the end", "", *table, ""])
     print(body)
     if not args.no_write:

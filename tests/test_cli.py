@@ -42,6 +42,14 @@ def test_sweep_with_unknown_model_fails_clearly_before_starting_anything(tmp_pat
     assert not (tmp_path / "w").exists()
 
 
+def test_sweep_with_unknown_precision_fails_clearly_before_starting_anything(tmp_path):
+    result = runner.invoke(app, ["sweep", "--models", "crabnet", "--datasets", "steels_yield",
+                                 "--precision", "fp16", "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2
+    assert "--precision must be one of fp32, bf16, not 'fp16'" in result.output
+    assert not (tmp_path / "w").exists()
+
+
 def test_sweep_with_unknown_dataset_lists_the_known_ones(tmp_path):
     result = runner.invoke(app, ["sweep", "--models", "crabnet", "--datasets", "nope",
                                  "--workdir", str(tmp_path / "w")])

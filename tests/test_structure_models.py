@@ -7,6 +7,7 @@ batching, learning (each model overfits 32 structures with the shared trainer) a
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 
@@ -376,3 +377,34 @@ def test_alignn_compiled_matches_eager(real) -> None:
     assert state0.keys() == state1.keys()  # compiling leaves checkpoints interchangeable
     for key in state0:  # BatchNorm running statistics moved alike
         assert torch.allclose(state0[key].float(), state1[key].float(), atol=1e-5), key
+
+
+@pytest.mark.parametrize("name", GRAPH_MODELS)
+def test_bf16_mixed_precision_overfits_and_predicts_like_fp32(real, name: str) -> None:
+    """``precision="bf16"``: the layers compute in bfloat16, the weights stay float32, the model
+    learns as in fp32 (the overfit test's bounds), and its predictions equal fp32 inference with
+    the same weights to within 5% of the targets' spread."""
+    _, targets, features = real
+    trainer = _trainer(features, targets, name, val_on_train=True, precision="bf16", **OVERFIT[name])
+    dtypes: set[torch.dtype] = set()
+    hooks = [m.register_forward_hook(lambda module, args, out: dtypes.add(out.dtype))
+             for m in trainer.model.modules() if isinstance(m, torch.nn.Linear)]
+    history = trainer.fit().history
+    for hook in hooks:
+        hook.remove()
+    assert dtypes == {torch.bfloat16}, dtypes
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+
+    first, last = history[0]["train_loss"], min(h["train_loss"] for h in history[-3:])
+    rows = trainer.split.train
+    bf16 = trainer.predict(rows)
+    spread = np.abs(targets[:32] - targets[:32].mean()).mean()
+    train_mae = np.abs(bf16 - targets[:32]).mean()
+    trainer.config = TrainConfig.from_dict({**dataclasses.asdict(trainer.config), "precision": "fp32"})
+    fp32 = trainer.predict(rows)
+    gap = np.abs(bf16 - fp32).max()
+    print(f"\n{name} bf16: train loss {first:.3f} -> {last:.3f}; train MAE {train_mae:.1f}, spread {spread:.1f}, "
+          f"max |bf16 - fp32| {gap:.2f} cm^-1")
+    assert last < 0.35 * first, (name, first, last)
+    assert train_mae < 0.4 * spread, (name, train_mae, spread)
+    assert gap < 0.05 * spread, (name, gap, spread)

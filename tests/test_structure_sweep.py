@@ -1,9 +1,10 @@
 """A real short sweep of two structure models (CGCNN, SchNet) on matbench_phonons.
 
 200 real structures (official fold 0 of the subsample), 2 trials of 3 epochs per model, one
-final fit each, with the shipped search spaces: every run lands in MLflow with its metrics, the
-final fit's test MAE is the MAE of its own prediction file, and the matbench leaderboard page
-shows those numbers on the matbench_phonons row beside the published ones.
+final fit each, with the shipped search spaces, in mixed precision (``--precision bf16``): every
+run lands in MLflow with its metrics, the final fit's test MAE is the MAE of its own prediction
+file, and the matbench leaderboard page shows those numbers on the matbench_phonons row beside
+the published ones; the precision is recorded and the README's command line repeats it.
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ def sweep(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("structure_sweep")
     run_sweep(SweepOptions(
         models=list(MODELS), datasets=[DATASET], folds=[0], num_samples=TRIALS, max_epochs=EPOCHS,
-        final_seeds=1, subsample=200, workdir=workdir, seed=0, num_cpus=2,
+        final_seeds=1, subsample=200, workdir=workdir, seed=0, num_cpus=2, precision="bf16",
     ))
     uri = default_tracking_uri(workdir)
     out = tmp_path_factory.mktemp("structure_lb")
-    return {"uri": uri, "runs": _all_runs(uri), "page": write_leaderboard("matbench", uri, out)}
+    return {"uri": uri, "runs": _all_runs(uri), "page": write_leaderboard("matbench", uri, out),
+            "readme": (out / "README.md").read_text()}
 
 
 def _runs(sweep, model: str, stage: str) -> list:
@@ -81,3 +83,12 @@ def test_leaderboard_row_shows_the_final_fits(sweep) -> None:
     assert row[best].startswith("**") and not row[max(maes, key=maes.get)].startswith("**")
     assert number(row["CGCNN v2019 (published)"]) == pytest.approx(57.76, abs=0.01)
     assert "fold 0 of 5 only" in row["differs from the published protocol"]
+
+
+def test_precision_is_recorded_and_in_the_reproduce_command(sweep) -> None:
+    searches = [r for r in sweep["runs"] if r.data.tags.get("stage") == "search"]
+    assert len(searches) == len(MODELS)
+    assert {r.data.params["precision"] for r in searches} == {"bf16"}
+    (command,) = [line for line in sweep["readme"].splitlines() if line.startswith("| matbench |")
+                  and "harness sweep" in line]
+    assert "--precision bf16" in command and "--models cgcnn,schnet" in command

@@ -211,3 +211,25 @@ def test_best_so_far_scores_the_best_val_epoch_without_disturbing_the_fit(data) 
     # The best epoch only moves forward and never lies after the epoch that reported it.
     bests = [seen[e][0] for e in sorted(seen)]
     assert bests == sorted(bests) and all(b <= e for e, b in zip(sorted(seen), bests))
+
+
+def test_precision_is_validated() -> None:
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
+        TrainConfig(precision="fp16")
+
+
+def test_bf16_crabnet_learns_and_predicts_like_fp32(data) -> None:
+    """Mixed precision on an attention model (softmax, LayerNorm, fractional encoding): CrabNet
+    overfits as in fp32, and bf16 inference is within 5% of the targets' spread of fp32's."""
+    config = {**CRABNET_RECIPE, "epochs": 30, "batch_size": 8, "precision": "bf16"}
+    fit_bf16 = trainer(data, config, split(32), dropout=0.0, fraction_noise=0.0)
+    history = fit_bf16.fit().history
+    first, last = history[0]["train_mae"], history[-1]["train_mae"]
+    assert last < 0.6 * first, (first, last)
+    rows = fit_bf16.split.train
+    bf16 = fit_bf16.predict(rows)
+    fit_bf16.config = TrainConfig.from_dict({**config, "precision": "fp32"})
+    fp32 = fit_bf16.predict(rows)
+    spread = np.abs(data[1][rows] - data[1][rows].mean()).mean()
+    print(f"train MAE {first:.3f} -> {last:.3f} eV; max |bf16 - fp32| {np.abs(bf16 - fp32).max():.4f} eV")
+    assert np.abs(bf16 - fp32).max() < 0.05 * spread

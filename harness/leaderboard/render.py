@@ -523,6 +523,8 @@ def sweep_command(searches: pd.DataFrame, finals: pd.DataFrame) -> str:
                       ("cpus_per_trial", "--cpus-per-trial"), ("gpus_per_trial", "--gpus-per-trial")):
         if key in p:
             parts.append(f"{flag} {p[key]}")
+    if p.get("precision", "fp32") != "fp32":  # fp32, the default, is left out (and absent from older runs)
+        parts.append(f"--precision {p['precision']}")
     folds = sorted({int(s[4:]) for s in searches["split"] if s.startswith("fold") and s[4:].isdigit()})
     if folds and len(folds) < 5:
         parts.append(f"--folds {','.join(map(str, folds))}")

@@ -12,6 +12,7 @@ from typing import Any
 OPTIMIZERS = ("adam", "adamw", "sgd", "lamb_lookahead")
 LOSSES = ("mae", "mse", "robust_l1")
 SCHEDULERS = ("none", "cyclic", "cosine", "onecycle")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -32,6 +33,10 @@ class TrainConfig:
     scale_target: bool = True  # standardise y with the training split's mean/std
     seed: int = 0
     num_threads: int | None = None  # torch CPU threads; None = leave as is
+    # "bf16": forward passes under torch.autocast(bfloat16) (mixed precision: weights, optimizer
+    # state, losses and reductions stay float32; no loss scaling needed, bf16 has float32's range).
+    # About 2x faster for the graph models on CPUs with AMX / AVX512-BF16 and on GPUs.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -42,6 +47,8 @@ class TrainConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.batch_size is not None and self.batch_size < 1:

@@ -20,7 +20,11 @@ What ``TrainConfig`` switches on, and how:
   cycle (every epoch without a cyclic schedule) once ``swa_start`` of the epochs have passed.
   As CrabNet keeps the SWA weights only when they help, the final model is the SWA average
   if its val MAE beats the best epoch's, else the best epoch's weights;
-- early stopping after ``patience`` epochs without a better val MAE; gradient clipping by norm.
+- early stopping after ``patience`` epochs without a better val MAE; gradient clipping by norm;
+- ``precision="bf16"``: every forward pass (training and prediction) runs under
+  ``torch.autocast(bfloat16)``: matrix products in bfloat16, the weights, optimizer state,
+  BatchNorm statistics and the loss in float32 (bf16 has float32's exponent range, so no loss
+  scaling). On CPUs without bf16 instructions (AVX512-BF16 / AMX) it is slower, and says so.
 
 Deterministic on CPU under ``config.seed``: the trainer seeds torch/numpy/random, shuffles with
 its own ``torch.Generator``, and a checkpoint stores every RNG state, so a resumed fit
@@ -35,6 +39,8 @@ import math
 import os
 import random
 import time
+import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -75,6 +81,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def autocast(config: TrainConfig, device: torch.device):
+    """The recipe's precision as a context for forward passes (a no-op for fp32)."""
+    if config.precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def warn_if_bf16_is_emulated(config: TrainConfig, device: torch.device) -> None:
+    if config.precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn("precision bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): it runs, "
+                      "but slower than fp32; use --precision fp32 here", RuntimeWarning, stacklevel=3)
 
 
 def n_parameters(model: nn.Module) -> int:
@@ -166,6 +185,7 @@ class Trainer:
         self.split = split
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
+        warn_if_bf16_is_emulated(config, self.device)
 
         self.targets = np.asarray(targets, dtype=np.float64)
         self.scaler = TargetScaler.fit(self.targets[split.train]) if config.scale_target else TargetScaler()
@@ -272,7 +292,9 @@ class Trainer:
             if len(batch) == 1 and self.batch_size > 1:
                 continue  # BatchNorm cannot train on one row; one row per epoch is no loss
             batch = batch.to(self.device)
-            output = self.model(batch)
+            with autocast(self.config, self.device):
+                output = self.model(batch)
+            output = output.float()  # the loss in float32 under any precision
             loss = compute_loss(self.config.loss, output, batch.y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -340,10 +362,11 @@ class Trainer:
     def _predict(self, model: nn.Module, indices: np.ndarray) -> np.ndarray:
         model.eval()
         indices = np.asarray(indices)
-        outputs = [
-            point_prediction(model(batch.to(self.device))).float().cpu()
-            for batch in self.features.batches(indices, self.y_scaled[indices], self.batch_size)
-        ]
+        with autocast(self.config, self.device):
+            outputs = [
+                point_prediction(model(batch.to(self.device))).float().cpu()
+                for batch in self.features.batches(indices, self.y_scaled[indices], self.batch_size)
+            ]
         scaled = torch.cat(outputs).numpy().astype(np.float64) if outputs else np.empty(0)
         return self.scaler.unscale(scaled)
 

@@ -35,6 +35,7 @@ from rich.table import Table
 from harness.data.dataset import Dataset, Split
 from harness.models import get_model
 from harness.provenance import hardware
+from harness.training.config import PRECISIONS
 from harness.tuning import tracking
 from harness.tuning.optuna_search import ERROR_KEY, FINISHED_KEY, TruthfulOptunaSearch, make_sampler
 from harness.tuning.progress import ProgressPrinter
@@ -59,6 +60,7 @@ class SweepOptions:
     address: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    precision: str = "fp32"  # TrainConfig.precision of every trial and final fit (torch models)
     sampler: str = "tpe"
     seed: int = 0
     folds: list[int] | None = None
@@ -85,6 +87,8 @@ class SweepOptions:
             raise ValueError("--max-epochs must be >= 1")
         if self.final_seeds < 1:
             raise ValueError("--final-seeds must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.cpus_per_trial <= 0:
             raise ValueError("--cpus-per-trial must be > 0")
         if self.num_cpus is not None and self.num_cpus < self.cpus_per_trial:
@@ -400,7 +404,7 @@ def _search_and_evaluate(
                 "final_seeds": opts.final_seeds, "sampler": opts.sampler, "seed": opts.seed,
                 "grace_period": opts.grace_period, "reduction_factor": opts.reduction_factor,
                 "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
-                "split_sizes": "/".join(map(str, split.sizes())),
+                "precision": opts.precision, "split_sizes": "/".join(map(str, split.sizes())),
             }).items()
         ])
     parent_run_id = state["parent_run_id"]
@@ -415,6 +419,7 @@ def _search_and_evaluate(
         max_epochs=opts.max_epochs,
         seed=opts.seed,
         num_threads=max(1, int(opts.cpus_per_trial)),
+        precision=opts.precision,
         rungs=_asha_rungs(opts.grace_period, opts.reduction_factor, opts.max_epochs),
     )
     if state["stage"] == "searching":

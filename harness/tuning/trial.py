@@ -65,6 +65,7 @@ class TrialContext:
     max_epochs: int
     seed: int
     num_threads: int = 1
+    precision: str = "fp32"
     checkpoint_every: int = 25
     rungs: tuple[int, ...] = ()
 
@@ -86,6 +87,7 @@ def build(context: TrialContext, params: dict[str, Any], seed: int):
             "epochs": context.max_epochs,
             "seed": seed,
             "num_threads": context.num_threads,
+            "precision": context.precision,
         }
     )
     return spec, model_config, train_config
