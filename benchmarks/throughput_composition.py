@@ -2,6 +2,7 @@
 
     python benchmarks/throughput_composition.py [--dataset aflow__ael_bulk_modulus_vrh] [--n-train 512]
                                                 [--epochs 2] [--models all] [--device auto] [--threads 0]
+                                                [--precision fp32,bf16]
 
 Every model registered at run time whose input is a composition (element tokens, element
 fractions or Magpie attributes) is measured with its paper-default architecture and training
@@ -12,6 +13,8 @@ real training rows of the dataset:
   first (warm-up) counts, its time including the scoring of 32 val rows as every epoch does.
   Inference: eval-mode, no-gradient passes over ``--n-infer`` rows in batches of 256.
 - scikit-learn models: ``fit`` on the same rows; inference: ``predict`` on ``--n-infer`` rows.
+- ``--precision``: the torch models once per precision (``bf16`` = the trainer's mixed precision,
+  forward passes under bfloat16 autocast, in training and inference alike).
 
 Every timing but the training epochs (already several) is the best of ``--repeats`` runs: on a
 shared machine the minimum is the figure least disturbed by other jobs.
@@ -67,14 +70,16 @@ def featurize_all(dataset, repeats: int) -> tuple[dict, list[tuple[str, float, s
     return features, rows
 
 
-def torch_throughput(spec, features, targets, split, infer_rows, epochs: int, device, repeats: int) -> dict:
+def torch_throughput(spec, features, targets, split, infer_rows, epochs: int, device, repeats: int,
+                     precision: str = "fp32") -> dict:
     import torch
 
     from harness.training import TrainConfig, Trainer, n_parameters
+    from harness.training.trainer import autocast
 
     torch.manual_seed(0)
     model = spec.build(spec.make_config(), features.info)
-    config = TrainConfig.from_dict({**spec.train_defaults, "epochs": epochs, "seed": 0})
+    config = TrainConfig.from_dict({**spec.train_defaults, "epochs": epochs, "seed": 0, "precision": precision})
     trainer = Trainer(model, features, targets, split, config, device=device)
     history = trainer.fit().history
     epoch_seconds = min(h["epoch_seconds"] for h in history[1:]) if len(history) > 1 else history[0]["epoch_seconds"]
@@ -82,7 +87,7 @@ def torch_throughput(spec, features, targets, split, infer_rows, epochs: int, de
     model = trainer.model.eval()
 
     def infer(rows: np.ndarray) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(config, device):  # as Trainer.predict
             for batch in features.batches(rows, np.zeros(len(rows)), INFER_BATCH):
                 model(batch.to(device))
         if device.type == "cuda":
@@ -114,6 +119,8 @@ def main() -> None:
     ap.add_argument("--models", default="all", help="comma-separated names, or 'all' composition models")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--precision", default="fp32",
+                    help="fp32, bf16 or both (fp32,bf16): TrainConfig.precision of the torch models")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
 
@@ -138,20 +145,23 @@ def main() -> None:
     features, feat_rows = featurize_all(dataset, args.repeats)
     targets = dataset.targets
 
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     results = []
     for name in names:
         spec = MODELS[name]
-        print(f"{name} ...", file=sys.stderr, flush=True)
-        try:
-            if spec.framework == "sklearn":
-                row = sklearn_throughput(spec, features[spec.input_kind], targets, split, infer_rows, args.repeats)
-            else:
-                row = torch_throughput(spec, features[spec.input_kind], targets, split, infer_rows,
-                                       args.epochs, device, args.repeats)
-        except Exception as error:  # one broken model must not lose the others' figures
-            row = {"params": "", "batch": "", "train": float("nan"), "infer": float("nan"),
-                   "error": f"{type(error).__name__}: {error}"[:120]}
-        results.append((name, spec, row))
+        for precision in (precisions if spec.framework != "sklearn" else ["n/a"]):
+            print(f"{name} {precision} ...", file=sys.stderr, flush=True)
+            try:
+                if spec.framework == "sklearn":
+                    row = sklearn_throughput(spec, features[spec.input_kind], targets, split, infer_rows,
+                                             args.repeats)
+                else:
+                    row = torch_throughput(spec, features[spec.input_kind], targets, split, infer_rows,
+                                           args.epochs, device, args.repeats, precision)
+            except Exception as error:  # one broken model must not lose the others' figures
+                row = {"params": "", "batch": "", "train": float("nan"), "infer": float("nan"),
+                       "error": f"{type(error).__name__}: {error}"[:120]}
+            results.append((name, spec, {**row, "precision": precision}))
 
     n_rows = len(dataset)
     lines = [
@@ -160,15 +170,17 @@ def main() -> None:
         f"{args.dataset}: {len(split.train)} training rows, {args.epochs} epoch(s) (fastest after the first "
         f"counts; torch epochs include scoring 32 val rows), inference on {len(infer_rows)} rows in batches "
         f"of {INFER_BATCH} (torch); other timings best of {args.repeats}. Paper-default architectures and "
-        f"recipes. {hardware()}; device {device}; {header}; commit {git_commit()}.",
+        f"recipes; precision bf16 = the trainer's mixed precision (bfloat16 autocast). {hardware()}; device "
+        f"{device}; {header}; commit {git_commit()}.",
         "",
-        "| model | input | framework | parameters | train batch | train samples/s | inference samples/s |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| model | input | framework | precision | parameters | train batch | train samples/s | inference samples/s |",
+        "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for name, spec, row in results:
         train = f"{row['train']:,.0f}" if np.isfinite(row["train"]) else f"failed: {row.get('error', '')}"
         infer = f"{row['infer']:,.0f}" if np.isfinite(row["infer"]) else ""
-        lines.append(f"| {spec.label} (`{name}`) | {spec.input_kind} | {spec.framework} | {row['params']} "
+        lines.append(f"| {spec.label} (`{name}`) | {spec.input_kind} | {spec.framework} | {row['precision']} "
+                     f"| {row['params']} "
                      f"| {row['batch']} | {train} | {infer} |")
     lines += ["", f"Featurization of all {n_rows:,} rows ({dataset.frame['formula'].nunique():,} unique formulas):", "",
               "| featurizer | seconds | rows/s | note |", "|---|---:|---:|---|"]
