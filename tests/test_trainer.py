@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,12 @@ def test_bf16_crabnet_learns_and_predicts_like_fp32(data) -> None:
     spread = np.abs(data[1][rows] - data[1][rows].mean()).mean()
     print(f"train MAE {first:.3f} -> {last:.3f} eV; max |bf16 - fp32| {np.abs(bf16 - fp32).max():.4f} eV")
     assert np.abs(bf16 - fp32).max() < 0.05 * spread
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(data, monkeypatch) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(RuntimeWarning, match="CPU without bf16 instructions.*use --precision fp32"):
+        trainer(data, {**CRABNET_RECIPE, "epochs": 1, "precision": "bf16"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        trainer(data, {**CRABNET_RECIPE, "epochs": 1})  # fp32: nothing to warn about

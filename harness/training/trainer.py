@@ -91,9 +91,17 @@ def autocast(config: TrainConfig, device: torch.device):
 
 
 def warn_if_bf16_is_emulated(config: TrainConfig, device: torch.device) -> None:
-    if config.precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        warnings.warn("precision bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): it runs, "
-                      "but slower than fp32; use --precision fp32 here", RuntimeWarning, stacklevel=3)
+    """bf16 runs everywhere, but without hardware support it is slower than fp32: say so."""
+    if config.precision != "bf16":
+        return
+    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        where = "a CPU without bf16 instructions (AVX512-BF16 or AMX)"
+    elif device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        where = f"a GPU without native bf16 ({torch.cuda.get_device_name(device)})"
+    else:
+        return
+    warnings.warn(f"precision bf16 on {where}: it runs, but slower than fp32; use --precision fp32 here",
+                  RuntimeWarning, stacklevel=3)
 
 
 def n_parameters(model: nn.Module) -> int:
