@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.leaderboard.build import write_leaderboard
 from harness.tuning.tracking import default_tracking_uri
-from tests.test_leaderboard import _all_runs, approx_shown, number, parse_tables, row_of
+from tests.test_leaderboard import _all_runs, approx_shown, number, parse_tables, plain, row_of
 
 DATASET = "matbench_phonons"
 MODELS = {"cgcnn": "CGCNN", "schnet": "SchNet"}
@@ -92,3 +92,7 @@ def test_precision_is_recorded_and_in_the_reproduce_command(sweep) -> None:
     (command,) = [line for line in sweep["readme"].splitlines() if line.startswith("| matbench |")
                   and "harness sweep" in line]
     assert "--precision bf16" in command and "--models cgcnn,schnet" in command
+    (budget,) = parse_tables(sweep["page"].read_text())["Budget"]
+    hardware = {plain(r["model"]): r["hardware"] for r in budget if plain(r["dataset"]) == DATASET}
+    assert set(hardware) == set(MODELS.values())
+    assert all(h.startswith("cpu: ") and h.endswith(", bf16 mixed precision") for h in hardware.values()), hardware

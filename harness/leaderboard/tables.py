@@ -320,7 +320,9 @@ def pair_result(data: SuiteData, dataset: str, model: str) -> PairResult:
         res.final_cpu_h, res.final_gpu_h = cpu, gpu
     if known < len(finals):
         res.cost_notes.append(f"{len(finals) - known} final fit(s) without fit_seconds: not counted")
-    res.hardware = sorted({h for h in finals["hardware"] if h})
+    # Mixed precision changes the cost (and may change the numbers): shown with the hardware.
+    bf16 = any(p.get("precision") == "bf16" for p in searches["params"])
+    res.hardware = sorted({h + (", bf16 mixed precision" if bf16 else "") for h in finals["hardware"] if h})
     res.git_commits = sorted({c for c in pd.concat([finals["git_commit"], searches["git_commit"]]) if c})
     return res
 
