@@ -144,3 +144,43 @@ def test_each_search_registers_its_trainable_under_its_own_name():
     assert len(names) == 10 and all(n.startswith("ridge_") for n in names)
     bound = _search_trainable(context=None, name="ridge_0123abcd", resources={"cpu": 1, "gpu": 0})
     assert Experiment.get_trainable_name(bound) == "ridge_0123abcd"
+
+
+def test_a_ctrl_c_as_the_last_trial_finishes_still_stops_the_sweep(tmp_path):
+    """A SIGINT that reaches the driver while its only trial ends leaves every trial TERMINATED,
+    so the trial states cannot show it (a sweep once went on to its final fits after such a
+    Ctrl+C); ``_fit_keeping_sigint`` reports it, and puts the driver's SIGINT handler back."""
+    import os
+    import signal
+
+    import ray
+    from ray import tune
+
+    from harness.tuning.sweep import _fit_keeping_sigint, _init_ray, _interrupted
+
+    driver = os.getpid()
+
+    def report_then_ctrl_c(config):
+        tune.report({"x": 1.0})
+        if config["ctrl_c"]:
+            os.kill(driver, signal.SIGINT)  # the driver's Ctrl+C, as this trial ends
+
+    def fit(ctrl_c: bool):
+        tuner = tune.Tuner(report_then_ctrl_c, param_space={"ctrl_c": ctrl_c},
+                           tune_config=tune.TuneConfig(num_samples=1),
+                           run_config=tune.RunConfig(name=f"ctrl_c_{ctrl_c}", storage_path=str(tmp_path), verbose=0))
+        return _fit_keeping_sigint(tuner)
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert _init_ray(None, num_cpus=1)
+        results, signalled = fit(ctrl_c=True)
+        assert signalled
+        assert not _interrupted(results, 1)  # what the trial states alone said
+        assert signal.getsignal(signal.SIGINT) is before
+        _, signalled = fit(ctrl_c=False)
+        assert not signalled
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        ray.shutdown()
+        os.environ.pop("RAY_worker_niceness", None)

@@ -428,9 +428,9 @@ def _search_and_evaluate(
         name = state.setdefault("trainable_name", _LEGACY_TRAINABLE_NAME if _experiment_exists(
             opts, workdir, search_name) else trainable_name(search_name, model))
         _save_state(workdir, search_name, state)
-        results = _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label,
-                              parent_run_id, tags, model, context, name)
-        if _interrupted(results, opts.num_samples):
+        results, signalled = _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label,
+                                         parent_run_id, tags, model, context, name)
+        if signalled or _interrupted(results, opts.num_samples):
             # Tune catches SIGINT, saves the experiment and returns normally: the search must stay
             # "searching" (not be judged on the trials so far) so that --resume finishes it.
             raise SweepInterrupted(f"{label}: interrupted; its trials and Optuna study are saved. "
@@ -490,7 +490,8 @@ def _search_trainable(context, name: str, resources: dict[str, float]):
 
 def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, parent_run_id,
                 tags, model, context, registered_name):
-    """Fit (or, if its experiment directory exists, restore and finish) one Tune search."""
+    """Fit (or, if its experiment directory exists, restore and finish) one Tune search:
+    (results, whether a Ctrl+C came during it)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -567,19 +568,29 @@ def _experiment_exists(opts, workdir, search_name) -> bool:
     return tune.Tuner.can_restore(_experiment_path(opts, workdir, search_name))
 
 
-def _fit_keeping_sigint(tuner):
-    """``tuner.fit()``, then put back the SIGINT handler Tune replaced: Tune's own handler stays
-    installed after a normal finish and would swallow a Ctrl+C during the final fits."""
+def _fit_keeping_sigint(tuner) -> tuple[Any, bool]:
+    """``tuner.fit()`` and whether a Ctrl+C (SIGINT) came during it; then put back the SIGINT
+    handler Tune replaced (Tune's own handler stays installed after a normal finish and would
+    swallow a Ctrl+C during the final fits).
+
+    A Ctrl+C that comes as the last trial finishes leaves no unfinished trial to show it, so
+    the trial states cannot tell. Tune's handler tells: on a SIGINT it sets its stop flag and
+    reinstalls the handler it found, so that handler (ours) being back means a SIGINT came.
+    """
     import signal
     import threading
 
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
+    after = None
     try:
-        return tuner.fit()
+        results = tuner.fit()
     finally:
         if main and previous is not None:
+            after = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, previous)
+    tune_catches_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("", "0")
+    return results, bool(main and previous is not None and tune_catches_sigint and after is previous)
 
 
 def _interrupted(results, num_samples: int) -> bool:
