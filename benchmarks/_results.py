@@ -21,12 +21,11 @@ def machine(threads: int) -> str:
     except AttributeError:
         cpus = os.cpu_count() or 1
     load = "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    from harness.provenance import hardware
+    from harness.provenance import cpu_model
 
-    # the CPU's model name, and whether it has bf16 instructions (what precision=bf16 runs on)
-    cpu = hardware().split(": ", 1)[1].rsplit(" x", 1)[0]
+    # whether the CPU has bf16 instructions: what precision=bf16 runs on
     bf16 = "bf16 instructions" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no bf16 instructions"
-    return (f"{cpu} ({platform.machine()}, {bf16}), {cpus} CPU(s), {threads} torch thread(s), "
+    return (f"{cpu_model()} ({platform.machine()}, {bf16}), {cpus} CPU(s), {threads} torch thread(s), "
             f"load average {load} at start; python {platform.python_version()}, torch {torch.__version__}; "
             f"{time.strftime('%Y-%m-%d %H:%M')}")
 

@@ -45,6 +45,19 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return cpu
+
+
 def hardware() -> str:
     """``"cpu: <model> x<cores>"`` or ``"gpu: <name>"``, for the run where it is called."""
     import os
@@ -53,13 +66,4 @@ def hardware() -> str:
 
     if torch.cuda.is_available():
         return f"gpu: {torch.cuda.get_device_name(0)}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"cpu: {cpu} x{os.cpu_count()}"
+    return f"cpu: {cpu_model()} x{os.cpu_count()}"
