@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--models", default=MODELS)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--precision", default="fp32",
-                    help="fp32, bf16 or both (fp32,bf16): TrainConfig.precision; bf16 = forward passes under "
+                    help="fp32, bf16 or both (fp32,bf16): TrainConfig.precision; bf16 = training forward passes under "
                          "bfloat16 autocast, as the trainer runs them")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
@@ -120,7 +120,8 @@ def main() -> None:
         f"paper-default architectures and each model's recipe batch size and optimizer; one epoch after one "
         f"warm-up batch, batches collated by `CrystalGraphs.batches` (included; line graphs only for the models "
         f"that read them); inference batch 256, eval mode; precision bf16 = the trainer's mixed precision "
-        f"(forward passes under bfloat16 autocast, weights and loss in float32). "
+        f"(training forward passes under bfloat16 autocast, weights and loss in float32); its inference "
+        f"columns are bf16-autocast inference, which the trainer does not use (it predicts in float32). "
         f"CPU: {header}, {load_now()} at the end", "", *table, ""])
     print(body)
     if not args.no_write:

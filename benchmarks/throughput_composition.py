@@ -170,7 +170,8 @@ def main() -> None:
         f"{args.dataset}: {len(split.train)} training rows, {args.epochs} epoch(s) (fastest after the first "
         f"counts; torch epochs include scoring 32 val rows), inference on {len(infer_rows)} rows in batches "
         f"of {INFER_BATCH} (torch); other timings best of {args.repeats}. Paper-default architectures and "
-        f"recipes; precision bf16 = the trainer's mixed precision (bfloat16 autocast). {hardware()}; device "
+        f"recipes; precision bf16 = the trainer's mixed precision (bfloat16 autocast in training; the "
+        f"inference column under autocast too, though the trainer predicts in float32). {hardware()}; device "
         f"{device}; {header}; commit {git_commit()}.",
         "",
         "| model | input | framework | precision | parameters | train batch | train samples/s | inference samples/s |",

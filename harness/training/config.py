@@ -33,8 +33,9 @@ class TrainConfig:
     scale_target: bool = True  # standardise y with the training split's mean/std
     seed: int = 0
     num_threads: int | None = None  # torch CPU threads; None = leave as is
-    # "bf16": forward passes under torch.autocast(bfloat16) (mixed precision: weights, optimizer
-    # state, losses and reductions stay float32; no loss scaling needed, bf16 has float32's range).
+    # "bf16": training forward passes under torch.autocast(bfloat16) (mixed precision: weights,
+    # optimizer state and loss stay float32; no loss scaling needed, bf16 has float32's range);
+    # validation and predictions in float32.
     # Measured on a CPU with AMX: ALIGNN 2.1x, Crysformer 2.9x, CrabNet 1.5x faster per epoch.
     precision: str = "fp32"
 
