@@ -15,7 +15,7 @@
 # results show as missing, never as numbers); LEADERBOARD_OUT=DIR writes them elsewhere than
 # leaderboards/ (e.g. while a new store has not yet caught up with the committed pages).
 # On a GPU the same stages run much faster: pass GPUS_PER_TRIAL=0.25 (four trials per GPU), and
-# PRECISION=bf16 there or on a CPU with AMX (attention and line-graph models 1.5-3x faster).
+# PRECISION=bf16 (on a CPU with AMX the attention and line-graph models train 1.5-3x faster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
