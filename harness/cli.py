@@ -6,7 +6,7 @@ A typical day:
 
 [bold]harness sweep --models crabnet --datasets mp_bulk_modulus --num-samples 16 --max-epochs 40[/]
 
-[bold]harness leaderboard --suite crabnet28[/]  (writes leaderboards/crabnet28.md)
+[bold]harness leaderboard --suite crabnet28[/]  (writes runs/default/leaderboards/crabnet28.md)
 
 [bold]harness ui[/]  (browse every trial in MLflow)
 """
@@ -258,9 +258,12 @@ def leaderboard(
     suite: Annotated[Optional[str], typer.Option(help="Suite to rank (default: every suite in the store).")] = None,
     workdir: WorkdirOpt = DEFAULT_WORKDIR,
     mlflow_uri: MlflowOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: leaderboards/ of the repository).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output folder (default: <workdir>/leaderboards, beside the sweep's runs). The repository's "
+             "committed leaderboards/ are written only when asked for (--out leaderboards), as "
+             "scripts/first_leaderboard.sh does.")] = None,
 ) -> None:
-    """Write leaderboards/ from the runs in MLflow (the only source of truth): README.md (index,
+    """Write leaderboard pages from the runs in MLflow (the only source of truth): README.md (index,
     protocols, budget, commands), <suite>.md, and per dataset a page with plots; CSV exports
     (and, for matbench, Matbench submission files). Same store, same bytes."""
     from harness.leaderboard.build import LeaderboardError, suites_in_store, write_all
@@ -270,7 +273,8 @@ def leaderboard(
     if not suites:
         _fail(f"no sweep in {uri}; run `harness sweep` first")
     try:
-        pages = write_all(uri, out, suites)
+        # A user's sweep never overwrites the committed pages of the repository by default.
+        pages = write_all(uri, out or workdir / "leaderboards", suites)
     except LeaderboardError as exc:
         _fail(str(exc))
     for path in pages:

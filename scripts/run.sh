@@ -11,5 +11,5 @@ harness data list --suite crabnet28
 harness sweep --models crabnet,hotcrab --datasets aflow__ael_bulk_modulus_vrh \
   --num-samples "${NUM_SAMPLES:-4}" --max-epochs "${MAX_EPOCHS:-10}" --final-seeds "${FINAL_SEEDS:-2}" \
   --workdir "$WORKDIR" "$@"
-harness leaderboard --suite crabnet28 --workdir "$WORKDIR"
-echo "leaderboard: $ROOT/leaderboards/crabnet28.md · browse the runs: harness ui --workdir $WORKDIR"
+harness leaderboard --suite crabnet28 --workdir "$WORKDIR"   # pages in $WORKDIR/leaderboards/
+echo "leaderboard: $WORKDIR/leaderboards/crabnet28.md · browse the runs: harness ui --workdir $WORKDIR"

@@ -92,17 +92,23 @@ def test_final_runs_carry_test_metrics_and_provenance(sweep):
         assert any(k.startswith("model_params.") for k in run.data.params)
 
 
+def _results_row(page_text: str) -> dict[str, str]:
+    """The dataset's row of the suite page's results table, as {column: cell}."""
+    lines = page_text.splitlines()
+    header = next(line for line in lines if line.startswith("| dataset"))
+    row = next(line for line in lines if line.startswith(f"| {DATASET} |"))
+    return dict(zip([c.strip() for c in header.strip("|").split("|")],
+                    [c.strip().strip("*") for c in row.strip("|").split("|")]))
+
+
 def test_leaderboard_number_is_the_mean_of_the_final_runs(sweep, tmp_path):
     finals = _stage(sweep["runs"], "final")
     mean = sum(r.data.metrics["test_mae"] for r in finals) / len(finals)
     page = write_leaderboard("crabnet28", sweep["uri"], tmp_path)
     text = page.read_text()
-    header = next(line for line in text.splitlines() if line.startswith("| dataset"))
+    cells = _results_row(text)
+    assert float(cells["CrabNet"].split("±")[0]) == pytest.approx(mean, rel=5e-4)
     row = next(line for line in text.splitlines() if line.startswith(f"| {DATASET} |"))
-    cells = dict(zip([c.strip() for c in header.strip("|").split("|")],
-                     [c.strip().strip("*") for c in row.strip("|").split("|")]))
-    shown = float(cells["CrabNet"].split("±")[0])
-    assert shown == pytest.approx(mean, rel=5e-4)
     # the published number stands beside ours, marked as such
     assert float(cells["CrabNet (published)"]) == pytest.approx(8.692, abs=1e-3)
     assert "| 6 |" not in row  # budget lives in its own table
@@ -112,3 +118,20 @@ def test_leaderboard_number_is_the_mean_of_the_final_runs(sweep, tmp_path):
     # regenerating from the same store gives the same bytes
     again = write_leaderboard("crabnet28", sweep["uri"], tmp_path / "again")
     assert again.read_bytes() == page.read_bytes()
+
+
+def test_cli_leaderboard_writes_beside_the_sweep_and_leaves_the_committed_pages_alone(sweep):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.paths import REPO_ROOT
+
+    committed = {p: p.read_bytes() for p in (REPO_ROOT / "leaderboards").glob("*.md")}
+    result = CliRunner().invoke(app, ["leaderboard", "--workdir", str(sweep["workdir"])])
+    assert result.exit_code == 0, result.output
+    page = sweep["workdir"] / "leaderboards" / "crabnet28.md"
+    finals = _stage(sweep["runs"], "final")
+    mean = sum(r.data.metrics["test_mae"] for r in finals) / len(finals)
+    assert float(_results_row(page.read_text())["CrabNet"].split("±")[0]) == pytest.approx(mean, rel=5e-4)
+    assert (sweep["workdir"] / "leaderboards" / "README.md").is_file()
+    assert {p: p.read_bytes() for p in (REPO_ROOT / "leaderboards").glob("*.md")} == committed

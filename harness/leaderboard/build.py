@@ -40,7 +40,7 @@ from harness.leaderboard.render import (
 )
 from harness.leaderboard.store import SuiteData, load_suite, suites_in_store
 from harness.leaderboard.tables import SuiteTables, build_tables
-from harness.paths import REPO_ROOT, shared_dir
+from harness.paths import shared_dir
 
 PACKAGED_REFERENCE = Path(__file__).resolve().parent.parent / "resources" / "reference_results.csv"
 
@@ -149,9 +149,9 @@ def _readme(tracking_uri: str, built: dict[str, SuiteTables]) -> bytes:
     return render_readme(tables).encode("utf-8")
 
 
-def write_all(tracking_uri: str, out_dir: Path | None = None, suites: list[str] | None = None) -> list[Path]:
-    """Write the pages of ``suites`` (default: every suite in the store) and README.md."""
-    out_dir = Path(out_dir or REPO_ROOT / "leaderboards")
+def write_all(tracking_uri: str, out_dir: Path, suites: list[str] | None = None) -> list[Path]:
+    """Write the pages of ``suites`` (default: every suite in the store) and README.md into ``out_dir``."""
+    out_dir = Path(out_dir)
     suites = suites if suites is not None else suites_in_store(tracking_uri)
     if not suites:
         raise LeaderboardError(f"no sweep in {tracking_uri}; run `harness sweep` first")
@@ -172,6 +172,6 @@ def write_all(tracking_uri: str, out_dir: Path | None = None, suites: list[str] 
     return [out_dir / f"{s}.md" for s in suites]
 
 
-def write_leaderboard(suite: str, tracking_uri: str, out_dir: Path | None = None) -> Path:
+def write_leaderboard(suite: str, tracking_uri: str, out_dir: Path) -> Path:
     """Write ``<out_dir>/<suite>.md`` (+ its dataset pages, plots, CSVs, README.md); return the page."""
     return write_all(tracking_uri, out_dir, [suite])[0]
