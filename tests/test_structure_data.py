@@ -329,6 +329,13 @@ def test_crystal_graphs_cached_and_batched(elastic, tmp_path, monkeypatch):
     assert not plain.info["lg"] and len(list((tmp_path / "features").rglob("*.pt"))) == 1
     plain_batch = next(plain.batches(ds.split("random").train[:4], np.zeros(4), batch_size=4)).graph
     assert "lg_edge_index" not in plain_batch and plain_batch.edge_index.shape[1] > 0
+    # ... and a sweep stores one copy: the crystal_graph features read as periodic_graph share the
+    # tensors and give the same batches (and back again)
+    view = again.as_kind("periodic_graph")
+    assert view.info == plain.info and all(view.tensors[k] is again.tensors[k] for k in again.tensors)
+    view_batch = next(view.batches(ds.split("random").train[:4], np.zeros(4), batch_size=4)).graph
+    assert "lg_edge_index" not in view_batch and torch.equal(view_batch.edge_index, plain_batch.edge_index)
+    assert plain.as_kind("crystal_graph").info == again.info
     idx = ds.split("random").train[:70]
     y = np.arange(len(idx), dtype=float)
     batches = list(again.batches(idx, y, batch_size=32))
@@ -343,6 +350,7 @@ def test_crystal_graphs_cached_and_batched(elastic, tmp_path, monkeypatch):
     lern = featurize("crystal_graph_lern", ds)
     g = next(lern.batches(idx[:4], y[:4], 4)).graph
     assert g.site_env.shape == (g.num_nodes, 1, 6, 11) and lern.info["site_env_shape"] == (1, 6, 11)
+    assert lern.as_kind("crystal_graph") is None and again.as_kind("crystal_graph_lern") is None
     with pytest.raises(DataError, match="no structures"):
         featurize("crystal_graph", Dataset("comp", "x", "t", "", ds.frame[["id", "formula", "target"]],
                                            ds.splits, sha256="c"))

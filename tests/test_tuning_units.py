@@ -1,6 +1,8 @@
-"""Search-space loading and the truthful Optuna searcher, without a Ray cluster."""
+"""Search-space loading, the truthful Optuna searcher, and sweep helpers (a few on an embedded Ray)."""
 
 from __future__ import annotations
+
+import os
 
 import optuna
 import pytest
@@ -181,6 +183,50 @@ def test_a_ctrl_c_as_the_last_trial_finishes_still_stops_the_sweep(tmp_path):
         _, signalled = fit(ctrl_c=False)
         assert not signalled
         assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        ray.shutdown()
+        os.environ.pop("RAY_worker_niceness", None)
+
+
+def test_graph_kinds_that_read_the_same_tensors_are_stored_once(tmp_path, monkeypatch):
+    """A sweep of ALIGNN (crystal_graph) and CGCNN (periodic_graph) puts one copy of the graphs in
+    the object store; a worker reads it back as the kind its model needs."""
+    import numpy as np
+    import pandas as pd
+    import ray
+
+    from harness.data.dataset import Dataset, Split
+    from harness.featurize import featurize
+    from harness.featurize.graphs import probe_structures
+    from harness.tuning.sweep import FeaturesView, _features_in_object_store, _init_ray, _resolve_features
+    from harness.tuning.trial import TrialContext
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "formula": ["Fe2O3", "NaCl", "BaTiO3"],
+                          "target": [0.0, 1.0, 2.0], "structure": probe_structures()})
+    idx = np.arange(3)
+    dataset = Dataset("three", "test", "target", "", frame, [Split("fixed", idx, idx, idx)], sha256="three")
+
+    def read_in_worker(features) -> tuple[bool, int, bool]:
+        context = TrialContext("cgcnn", "three", features, frame["target"].to_numpy(), dataset.splits[0], 1, 0)
+        graphs = _resolve_features(context).features
+        batch = next(graphs.batches(idx, np.zeros(3), batch_size=3)).graph
+        return graphs.info["lg"], int(batch.edge_index.shape[1]), "lg_edge_index" in batch
+
+    try:
+        assert _init_ray(None, num_cpus=1)
+        stored: dict = {}
+        line = _features_in_object_store("crystal_graph", dataset, stored)
+        plain = _features_in_object_store("periodic_graph", dataset, stored)
+        assert isinstance(line, ray.ObjectRef) and list(stored) == ["crystal_graph"]
+        assert isinstance(plain, FeaturesView) and plain.ref == line and plain.kind == "periodic_graph"
+        edges = featurize("periodic_graph", dataset).tensors["src"].numel()
+        remote = ray.remote(read_in_worker)
+        assert ray.get(remote.remote(plain)) == (False, edges, False)
+        assert ray.get(remote.remote(line)) == (True, edges, True)
+        # LERN's site environments are a different stored field set: a copy of its own
+        assert isinstance(_features_in_object_store("crystal_graph_lern", dataset, stored), ray.ObjectRef)
+        assert list(stored) == ["crystal_graph", "crystal_graph_lern"]
     finally:
         ray.shutdown()
         os.environ.pop("RAY_worker_niceness", None)

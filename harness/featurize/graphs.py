@@ -40,7 +40,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Iterator
@@ -297,6 +297,17 @@ class CrystalGraphs:
 
     def __len__(self) -> int:
         return len(self.tensors["n_atoms"])
+
+    def as_kind(self, kind: str) -> "CrystalGraphs | None":
+        """These stored graphs read as input kind ``kind``, sharing the tensors; None if they can't be.
+
+        ``crystal_graph`` and ``periodic_graph`` store the same fields (line graphs are built per
+        batch), so one copy serves ALIGNN/Crysformer and CGCNN/SchNet in the same sweep.
+        """
+        if self.config.site_env or kind not in ("crystal_graph", "periodic_graph"):
+            return None
+        config = replace(self.config, line_graph=kind == "crystal_graph")
+        return CrystalGraphs(self.tensors, config, graph_info(config))
 
     def graph(self, i: int) -> CrystalGraph:
         a0, a1 = self._atom_ptr[i], self._atom_ptr[i + 1]

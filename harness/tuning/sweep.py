@@ -222,8 +222,6 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
     import optuna
     import ray
 
-    from harness.featurize import featurize
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workdir = Path(opts.workdir).resolve()
     if resume:
@@ -260,16 +258,11 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
                 outcomes.append(SearchOutcome(dataset.name, "-", "-", note=f"skipped ({dataset.task_type})"))
                 continue
             features_by_kind: dict[str, Any] = {}
+            stored: dict[str, Any] = {}  # input kind -> (Features, its ObjectRef), put this dataset
             for model in opts.models:
                 spec = get_model(model)
                 if spec.input_kind not in features_by_kind:
-                    start = time.time()
-                    features = featurize(spec.input_kind, dataset)
-                    # Put once into the object store; every trial and final fit reads it there.
-                    features_by_kind[spec.input_kind] = ray.put(features)
-                    console.print(
-                        f"featurized {dataset.name} as {spec.input_kind} in {time.time() - start:.1f} s"
-                    )
+                    features_by_kind[spec.input_kind] = _features_in_object_store(spec.input_kind, dataset, stored)
                 for split in selected_splits(dataset, opts.folds):
                     jobs.append((dataset, model, split, features_by_kind[spec.input_kind]))
         run = lambda job: _search_and_evaluate(  # noqa: E731
@@ -676,29 +669,55 @@ def _outcome_from_store(client, state: dict, outcome: SearchOutcome) -> SearchOu
     return outcome
 
 
-def _trial_entry(config: dict[str, Any], context: TrialContext) -> None:
-    """Resolve the features object reference inside the worker, then train."""
+@dataclass(frozen=True)
+class FeaturesView:
+    """Features already in the object store (``ref``), read in the worker as input kind ``kind``."""
+
+    ref: Any  # ray.ObjectRef
+    kind: str
+
+
+def _features_in_object_store(kind: str, dataset: Dataset, stored: dict[str, Any]):
+    """An ObjectRef of ``dataset`` featurized as ``kind``, put once: every trial and final fit reads
+    it there. A kind that another stored kind can be read as (crystal_graph / periodic_graph)
+    gets a :class:`FeaturesView` of that copy instead of a second copy of the same tensors."""
+    import ray
+
+    from harness.featurize import featurize
+
+    for other, (features, ref) in stored.items():
+        if getattr(features, "as_kind", None) and features.as_kind(kind) is not None:
+            console.print(f"{dataset.name} as {kind}: reads the {other} features already stored")
+            return FeaturesView(ref, kind)
+    start = time.time()
+    features = featurize(kind, dataset)
+    ref = ray.put(features)
+    stored[kind] = (features, ref)
+    console.print(f"featurized {dataset.name} as {kind} in {time.time() - start:.1f} s")
+    return ref
+
+
+def _resolve_features(context: TrialContext) -> TrialContext:
+    """Inside the worker: the context with its features fetched from the object store."""
+    from dataclasses import replace
+
     import ray
 
     features = context.features
-    if isinstance(features, ray.ObjectRef):
+    if isinstance(features, FeaturesView):
+        features = ray.get(features.ref).as_kind(features.kind)
+    elif isinstance(features, ray.ObjectRef):
         features = ray.get(features)
-    run_trial(config, _with_features(context, features))
-
-
-def _with_features(context: TrialContext, features) -> TrialContext:
-    from dataclasses import replace
-
     return replace(context, features=features)
 
 
-def _final_task(context: TrialContext, params: dict[str, Any], seed: int) -> dict[str, Any]:
-    import ray
+def _trial_entry(config: dict[str, Any], context: TrialContext) -> None:
+    """Resolve the features inside the worker, then train."""
+    run_trial(config, _resolve_features(context))
 
-    features = context.features
-    if isinstance(features, ray.ObjectRef):
-        features = ray.get(features)
-    out = final_fit(_with_features(context, features), params, seed)
+
+def _final_task(context: TrialContext, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    out = final_fit(_resolve_features(context), params, seed)
     out["hardware"] = hardware()
     return out
 
