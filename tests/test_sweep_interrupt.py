@@ -128,3 +128,50 @@ def test_ctrl_c_during_final_fits_keeps_the_search_and_resume_fills_the_same_fin
     finals = {r.info.run_id: r for r in runs if r.data.tags.get("stage") == "final"}
     assert set(finals) == set(finals_before.values())
     assert all(r.info.status == "FINISHED" and r.data.metrics["test_mae"] > 0 for r in finals.values())
+
+
+def test_ctrl_c_stops_searches_running_side_by_side_and_resume_finishes_both(tmp_path):
+    """--concurrent-searches runs searches in threads, where Tune cannot catch SIGINT: the sweep
+    must still stop on one Ctrl+C (it once ran on to the end of every running search)."""
+    workdir, trials_each = tmp_path / "w", 6
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        _sweep("--models", "ridge,linear", "--datasets", "aflow__ael_bulk_modulus_vrh", "--subsample", "300",
+               "--num-samples", str(trials_each), "--max-epochs", "1", "--final-seeds", "1",
+               "--workdir", str(workdir), "--num-cpus", "1", "--seed", "0", "--concurrent-searches", "2",
+               "--reuse-actors"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        mapping = workdir / "trial_runs"
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            files = list(mapping.glob("*.json")) if mapping.is_dir() else []
+            if len(files) == 2 and all(len(json.loads(f.read_text() or "{}")) >= 1 for f in files):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted:\n" + proc.stdout.read()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out
+    assert f"harness sweep --resume {workdir.resolve()}" in " ".join(out.split())
+    states = _search_states(workdir)
+    # each stopped mid-search ("searching") or, if its trials were all done, before its final fits
+    assert {s["stage"] for s in states} <= {"searching", "searched"} and len(states) == 2
+    before, _ = _trial_runs(workdir)
+    assert 2 <= len(before) < 2 * trials_each
+
+    done = subprocess.run(_sweep("--resume", str(workdir)), capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    states = _search_states(workdir)
+    assert [s["stage"] for s in states] == ["done", "done"]
+    assert [s["trials"] for s in states] == [{"completed": trials_each, "pruned": 0, "failed": 0}] * 2
+    trials, runs = _trial_runs(workdir)
+    assert len(trials) == 2 * trials_each and {r.info.run_id for r in before} <= {r.info.run_id for r in trials}
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    finals = [r for r in runs if r.data.tags.get("stage") == "final"]
+    assert len(finals) == 2 and all(r.data.metrics["test_mae"] > 0 for r in finals)

@@ -14,6 +14,7 @@ fold gets its own search and the test fold is never seen before the final scorin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -245,6 +246,7 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
 
     datasets = load_datasets(opts)
     _optuna_storage(workdir)
+    _STOP.clear()
     started_ray = _init_ray(opts.address, opts.num_cpus)
     jobs: list[tuple] = []
     outcomes: list[SearchOutcome] = []
@@ -269,13 +271,7 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
             opts, sweep_id, workdir, tracking_uri, experiment_id, *job
         )
         if opts.concurrent_searches > 1 and len(jobs) > 1:
-            # Tuners in threads share the cluster: trials of different models and datasets
-            # run side by side, each search keeping its own searcher and ASHA brackets.
-            from concurrent.futures import ThreadPoolExecutor
-
-            _thread_safe_tune_registry()
-            with ThreadPoolExecutor(max_workers=opts.concurrent_searches) as pool:
-                outcomes.extend(pool.map(run, jobs))
+            outcomes.extend(_run_concurrently(run, jobs, opts.concurrent_searches, workdir))
         else:
             outcomes.extend(run(job) for job in jobs)
     finally:
@@ -286,6 +282,64 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
 
 
 _OPTUNA_STORAGES: dict[str, Any] = {}
+
+# Set by a Ctrl+C while searches run in threads (--concurrent-searches): the event each of their
+# Tune loops polls, and what their final fits check. Tune wires its own event to SIGINT only in
+# the main thread, so without this a Ctrl+C left the running searches going to their end.
+_STOP = threading.Event()
+
+
+def _run_concurrently(run, jobs: list[tuple], n: int, workdir: Path) -> list[SearchOutcome]:
+    """Run ``n`` searches side by side in threads, sharing the cluster: trials of different models
+    and datasets run together, each search keeping its own searcher and ASHA brackets.
+
+    The main thread waits; a Ctrl+C there sets :data:`_STOP`, every running search saves its Tune
+    experiment and Optuna study and returns, searches not yet started never start, and the sweep
+    stops with the resume hint.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    _thread_safe_tune_registry()
+    pool = ThreadPoolExecutor(max_workers=n)
+    try:
+        with _tune_polls_stop_event_in_threads():
+            futures = [pool.submit(run, job) for job in jobs]
+            try:
+                return [future.result() for future in futures]
+            except KeyboardInterrupt:
+                _STOP.set()
+                console.print("[yellow]Ctrl+C: stopping the running searches (their state is saved)…[/]")
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise SweepInterrupted(f"interrupted; finished searches, trials and Optuna studies are "
+                                       f"saved. Continue with: harness sweep --resume {workdir}") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _tune_polls_stop_event_in_threads():
+    """Hand Tune's run loop :data:`_STOP` as its "experiment interrupted" event in worker threads.
+
+    Deliberately patched: ``ray.tune.tune._setup_signal_catching`` returns the event the loop
+    polls, and connects it to SIGINT only in the main thread (``signal.signal`` works nowhere
+    else). Where Ray has no such function any more, nothing is patched (a Ctrl+C then stops the
+    sweep only after the running searches end, as before).
+    """
+    from ray.tune import tune as tune_module
+
+    original = getattr(tune_module, "_setup_signal_catching", None)
+    if original is None:
+        yield
+        return
+
+    def setup_signal_catching():
+        return original() if threading.current_thread() is threading.main_thread() else _STOP
+
+    tune_module._setup_signal_catching = setup_signal_catching
+    try:
+        yield
+    finally:
+        tune_module._setup_signal_catching = original
 
 def _optuna_storage(workdir: Path):
     """One Optuna RDB storage per workdir, created in the driver before searches start:
@@ -423,7 +477,7 @@ def _search_and_evaluate(
         _save_state(workdir, search_name, state)
         results, signalled = _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label,
                                          parent_run_id, tags, model, context, name)
-        if signalled or _interrupted(results, opts.num_samples):
+        if signalled or _STOP.is_set() or _interrupted(results, opts.num_samples):
             # Tune catches SIGINT, saves the experiment and returns normally: the search must stay
             # "searching" (not be judged on the trials so far) so that --resume finishes it.
             raise SweepInterrupted(f"{label}: interrupted; its trials and Optuna study are saved. "
@@ -454,6 +508,9 @@ def _search_and_evaluate(
             state["trials"][k] for k in ("completed", "pruned", "failed")
         )
     outcome.best_val_mae = state["best_val_mae"]
+    if _STOP.is_set():
+        raise SweepInterrupted(f"{label}: interrupted before its final fits; the search is saved. "
+                               f"Continue with: harness sweep --resume {workdir}")
     _final_evaluation(opts, client, experiment_id, workdir, search_name, state, tags, dataset,
                       split, context, outcome, label)
     client.set_terminated(parent_run_id, "FINISHED")
@@ -773,7 +830,9 @@ def _final_evaluation(
     for seed, ref in refs.items():
         run_id = final_runs[str(seed)]
         try:
-            out = ray.get(ref)
+            out = _get_unless_stopped(ref, refs.values(), label, workdir)
+        except SweepInterrupted:
+            raise
         except Exception as exc:  # one failed fit must not lose the others
             client.log_batch(run_id, tags=[_tag("error", str(exc)[-5000:])])
             client.set_terminated(run_id, "FAILED")
@@ -795,6 +854,20 @@ def _final_evaluation(
             client.log_text(run_id, train.to_csv(index=False), "predictions_train.csv")
         client.set_terminated(run_id, "FINISHED")
         outcome.test_mae.append(float(metrics["test_mae"]))
+
+
+def _get_unless_stopped(ref, all_refs, label: str, workdir: Path):
+    """``ray.get(ref)``, unless a Ctrl+C stops the sweep first (a search in a thread gets no
+    KeyboardInterrupt): then cancel this search's final fits; --resume redoes the unfinished ones."""
+    import ray
+
+    while not ray.wait([ref], timeout=1.0)[0]:
+        if _STOP.is_set():
+            for other in all_refs:
+                ray.cancel(other)
+            raise SweepInterrupted(f"{label}: interrupted during its final fits; finished ones are kept. "
+                                   f"Continue with: harness sweep --resume {workdir}")
+    return ray.get(ref)
 
 
 def _finite(value: Any) -> bool:
