@@ -35,6 +35,28 @@ def _trial_runs(workdir: Path):
     return [r for r in runs if r.data.tags.get("stage") == "trial"], runs
 
 
+def _ctrl_c_once_trials_started(proc: subprocess.Popen, workdir: Path, searches: int, trials: int,
+                                timeout: float) -> str:
+    """Send one SIGINT once each of ``searches`` searches has ``trials`` trial runs; the sweep's
+    output (it must exit within ``timeout`` s of the SIGINT, else it is killed)."""
+    try:
+        mapping = workdir / "trial_runs"
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            files = list(mapping.glob("*.json")) if mapping.is_dir() else []
+            if len(files) == searches and all(len(json.loads(f.read_text() or "{}")) >= trials for f in files):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted:\n" + proc.stdout.read()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out
+
+
 def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_search(tmp_path):
     workdir = tmp_path / "w"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -44,21 +66,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_search(tmp_path):
                "--num-cpus", "1", "--seed", "0"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
-    try:
-        mapping = workdir / "trial_runs"
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            files = list(mapping.glob("*.json")) if mapping.is_dir() else []
-            if files and len(json.loads(files[0].read_text() or "{}")) >= 2:
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, "the sweep ended before it could be interrupted:\n" + proc.stdout.read()
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out = _ctrl_c_once_trials_started(proc, workdir, searches=1, trials=2, timeout=180)
     assert proc.returncode == 130, out
     assert f"harness sweep --resume {workdir.resolve()}" in " ".join(out.split())
     (state,) = _search_states(workdir)
@@ -142,21 +150,7 @@ def test_ctrl_c_stops_searches_running_side_by_side_and_resume_finishes_both(tmp
                "--reuse-actors"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
-    try:
-        mapping = workdir / "trial_runs"
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            files = list(mapping.glob("*.json")) if mapping.is_dir() else []
-            if len(files) == 2 and all(len(json.loads(f.read_text() or "{}")) >= 1 for f in files):
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, "the sweep ended before it could be interrupted:\n" + proc.stdout.read()
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out = _ctrl_c_once_trials_started(proc, workdir, searches=2, trials=1, timeout=90)
     assert proc.returncode == 130, out
     assert f"harness sweep --resume {workdir.resolve()}" in " ".join(out.split())
     states = _search_states(workdir)
