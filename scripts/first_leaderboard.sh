@@ -24,6 +24,8 @@ cd "$(dirname "$0")/.."
 
 # The store and the stage workdirs live in the cache by default, not in the work tree: the job
 # outlives sessions (days on 2 cores), and a fresh checkout must not lose the runs it continues.
+# A new machine starts without them: for a job that spans machines, set LEADERBOARD_RUNS to
+# lasting storage, or MLFLOW_URI to an MLflow server / SQL database (the pages come from the store).
 ROOT=${LEADERBOARD_RUNS:-${HARNESS_CACHE:-$HOME/.cache/harness}/leaderboard-runs}
 mkdir -p "$ROOT"
 MLFLOW_URI=${MLFLOW_URI:-sqlite:///$(cd "$ROOT" && pwd)/mlflow.db}  # absolute: trial workers have their own cwd
