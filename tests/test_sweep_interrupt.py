@@ -141,7 +141,7 @@ def test_ctrl_c_during_final_fits_keeps_the_search_and_resume_fills_the_same_fin
 def test_ctrl_c_stops_searches_running_side_by_side_and_resume_finishes_both(tmp_path):
     """--concurrent-searches runs searches in threads, where Tune cannot catch SIGINT: the sweep
     must still stop on one Ctrl+C (it once ran on to the end of every running search)."""
-    workdir, trials_each = tmp_path / "w", 6
+    workdir, trials_each = tmp_path / "w", 4
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         _sweep("--models", "ridge,linear", "--datasets", "aflow__ael_bulk_modulus_vrh", "--subsample", "300",
@@ -153,9 +153,11 @@ def test_ctrl_c_stops_searches_running_side_by_side_and_resume_finishes_both(tmp
     out = _ctrl_c_once_trials_started(proc, workdir, searches=2, trials=1, timeout=90)
     assert proc.returncode == 130, out
     assert f"harness sweep --resume {workdir.resolve()}" in " ".join(out.split())
-    states = _search_states(workdir)
-    # each stopped mid-search ("searching") or, if its trials were all done, before its final fits
-    assert {s["stage"] for s in states} <= {"searching", "searched"} and len(states) == 2
+    stages = sorted(s["stage"] for s in _search_states(workdir))
+    # The Ctrl+C stopped what was running: mid-search ("searching") or before the final fits
+    # ("searched"). On one CPU a search may finish ("done") before the other's first trial ran;
+    # the other one must not (it used to run on to its end, and the sweep then exited 130).
+    assert len(stages) == 2 and set(stages) <= {"searching", "searched", "done"} and stages != ["done", "done"]
     before, _ = _trial_runs(workdir)
     assert 2 <= len(before) < 2 * trials_each
 
