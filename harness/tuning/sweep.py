@@ -283,6 +283,44 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
 
 _OPTUNA_STORAGES: dict[str, Any] = {}
 
+def _optuna_storage(workdir: Path):
+    """One Optuna RDB storage per workdir, created in the driver before searches start:
+    concurrent first use of a fresh sqlite file races on its schema migration."""
+    import optuna
+
+    url = f"sqlite:///{workdir / 'optuna.db'}"
+    if url not in _OPTUNA_STORAGES:
+        _OPTUNA_STORAGES[url] = optuna.storages.RDBStorage(url)
+    return _OPTUNA_STORAGES[url]
+
+
+def _thread_safe_tune_registry() -> None:
+    """Serialize Ray Tune's trainable registry for searches running in threads.
+
+    Deliberately patched rather than worked around: ``ray.tune.registry._Registry`` mutates a
+    plain dict in ``register`` while ``flush_values`` iterates it, so two Tuners starting at
+    once fail with "dictionary changed size during iteration" (seen with 4 concurrent
+    searches). A lock around its methods is the smallest fix; nothing else changes.
+    """
+    from ray.tune import registry
+
+    cls = registry._Registry
+    if getattr(cls, "_harness_thread_safe", False):
+        return
+    lock = threading.RLock()
+    for name in ("register", "unregister", "contains", "get", "flush_values"):
+        original = getattr(cls, name, None)
+        if original is None:
+            continue
+
+        def locked(self, *args, _original=original, **kwargs):
+            with lock:
+                return _original(self, *args, **kwargs)
+
+        setattr(cls, name, locked)
+    cls._harness_thread_safe = True
+
+
 # Set by a Ctrl+C while searches run in threads (--concurrent-searches): the event each of their
 # Tune loops polls, and what their final fits check. Tune wires its own event to SIGINT only in
 # the main thread, so without this a Ctrl+C left the running searches going to their end.
@@ -340,43 +378,6 @@ def _tune_polls_stop_event_in_threads():
         yield
     finally:
         tune_module._setup_signal_catching = original
-
-def _optuna_storage(workdir: Path):
-    """One Optuna RDB storage per workdir, created in the driver before searches start:
-    concurrent first use of a fresh sqlite file races on its schema migration."""
-    import optuna
-
-    url = f"sqlite:///{workdir / 'optuna.db'}"
-    if url not in _OPTUNA_STORAGES:
-        _OPTUNA_STORAGES[url] = optuna.storages.RDBStorage(url)
-    return _OPTUNA_STORAGES[url]
-
-
-def _thread_safe_tune_registry() -> None:
-    """Serialize Ray Tune's trainable registry for searches running in threads.
-
-    Deliberately patched rather than worked around: ``ray.tune.registry._Registry`` mutates a
-    plain dict in ``register`` while ``flush_values`` iterates it, so two Tuners starting at
-    once fail with "dictionary changed size during iteration" (seen with 4 concurrent
-    searches). A lock around its methods is the smallest fix; nothing else changes.
-    """
-    from ray.tune import registry
-
-    cls = registry._Registry
-    if getattr(cls, "_harness_thread_safe", False):
-        return
-    lock = threading.RLock()
-    for name in ("register", "unregister", "contains", "get", "flush_values"):
-        original = getattr(cls, name, None)
-        if original is None:
-            continue
-
-        def locked(self, *args, _original=original, **kwargs):
-            with lock:
-                return _original(self, *args, **kwargs)
-
-        setattr(cls, name, locked)
-    cls._harness_thread_safe = True
 
 
 def _replace_opts(opts: SweepOptions, **changes: Any) -> SweepOptions:
