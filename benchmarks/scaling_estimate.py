@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     args = p.parse_args()
 
-    from harness.models import GROUPS, get_model
+    from harness.models import get_model, model_groups
 
     rates = measured_rates()
     overhead = scheduler_overhead() or 3.0
@@ -97,7 +97,7 @@ def main() -> None:
     sizes = train_rows()
     rows, totals = [], {}
     for group, kind in (("all-composition", "composition"), ("all-structure", "structure")):
-        for model in GROUPS.get(group, []):
+        for model in model_groups().get(group, []):
             if model not in rates:
                 rows.append((model, "not measured", "", "", ""))
                 continue

@@ -127,7 +127,7 @@ def main() -> None:
     import torch
 
     from harness.data import Split, load_dataset
-    from harness.models import MODELS, resolve_models
+    from harness.models import all_models, get_model, resolve_models
     from harness.provenance import git_commit, hardware
 
     if args.threads:
@@ -135,7 +135,7 @@ def main() -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     header = machine(torch.get_num_threads())
-    names = ([n for n, s in MODELS.items() if s.input_kind in COMPOSITION_KINDS] if args.models == "all"
+    names = ([n for n, s in all_models().items() if s.input_kind in COMPOSITION_KINDS] if args.models == "all"
              else resolve_models(args.models))
 
     dataset = load_dataset(args.dataset)
@@ -148,7 +148,7 @@ def main() -> None:
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     results = []
     for name in names:
-        spec = MODELS[name]
+        spec = get_model(name)
         for precision in (precisions if spec.framework != "sklearn" else ["n/a"]):
             print(f"{name} {precision} ...", file=sys.stderr, flush=True)
             try:

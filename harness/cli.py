@@ -129,15 +129,16 @@ def data_fetch(
 def models_list() -> None:
     """Registered models with input kind, parameter count (default config) and paper."""
     from harness.featurize import default_info
-    from harness.models import GROUPS, MODELS
+    from harness.models import all_models, model_groups
     from harness.training import n_parameters
 
     table = Table(title="models")
     for col in ("name", "input", "parameters", "groups"):
         table.add_column(col, no_wrap=True)
     table.add_column("paper", overflow="ellipsis", no_wrap=True, max_width=60)
-    for name, spec in MODELS.items():
-        groups = ",".join(g for g, members in GROUPS.items() if name in members)
+    groups_of = model_groups()
+    for name, spec in all_models().items():
+        groups = ",".join(g for g, members in groups_of.items() if name in members)
         try:
             model = spec.build(spec.make_config(), default_info(spec.input_kind))
             params = f"{n_parameters(model):,}" if spec.framework == "torch" else "n/a"

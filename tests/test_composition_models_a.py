@@ -18,7 +18,7 @@ from harness.data.dataset import DataError
 from harness.featurize import FEATURIZERS, TabularBatch, featurize
 from harness.featurize.fractions import ELEMNET_ELEMENTS, ElementFractions, element_symbols
 from harness.featurize.magpie import N_MAGPIE, MagpieFeatures
-from harness.models import GROUPS, get_model
+from harness.models import get_model, model_groups
 from harness.models.irnet import IRNET48_STACKS, IRNet, IRNetConfig, TrainStandardizer
 from harness.training import Trainer, TrainConfig, n_parameters
 from harness.training.sklearn_fit import final_sklearn, fit_sklearn
@@ -130,7 +130,7 @@ def test_features_do_not_depend_on_element_order() -> None:
 def test_registry_groups_and_search_spaces() -> None:
     for name in [*TORCH_MODELS, *CLASSICAL]:
         spec = get_model(name)
-        assert name in GROUPS["all-composition"] and spec.input_kind in FEATURIZERS
+        assert name in model_groups()["all-composition"] and spec.input_kind in FEATURIZERS
         assert spec.framework == ("sklearn" if name in CLASSICAL else "torch")
         load_space(spec)  # every key names a config or TrainConfig field
     assert get_model("irnet17").train_defaults == {

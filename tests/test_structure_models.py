@@ -20,7 +20,7 @@ from torch_geometric.data import Batch
 from harness.data.dataset import Split
 from harness.featurize.graph_types import CrystalGraph, GraphBatch
 from harness.featurize.graphs import CrystalGraphs, GraphConfig, build_arrays, build_crystal_graph
-from harness.models import GROUPS, get_model
+from harness.models import get_model, model_groups
 from harness.paths import data_dir
 from harness.training import TrainConfig, Trainer, n_parameters, seed_everything
 
@@ -117,15 +117,15 @@ def test_registry_group_and_spaces() -> None:
     from harness.models.registry import CRYSTAL_GRAPH, CRYSTAL_GRAPH_LERN, MAGPIE_STRUCTURE, PERIODIC_GRAPH
     from harness.tuning.space import load_space
 
-    assert set(GROUPS["all-structure"]) >= {
+    assert set(model_groups()["all-structure"]) >= {
         "crysformer", "alignn", "cgcnn", "schnet", "lern", "irnet17_structure", "irnet48_structure"
     }
-    kinds = {name: get_model(name).input_kind for name in GROUPS["all-structure"]}
+    kinds = {name: get_model(name).input_kind for name in model_groups()["all-structure"]}
     assert kinds["lern"] == CRYSTAL_GRAPH_LERN
     assert kinds["crysformer"] == kinds["alignn"] == CRYSTAL_GRAPH  # they read the line graph's angles
     assert kinds["cgcnn"] == kinds["schnet"] == PERIODIC_GRAPH
     assert kinds["irnet17_structure"] == kinds["irnet48_structure"] == MAGPIE_STRUCTURE
-    for name in GROUPS["all-structure"]:
+    for name in model_groups()["all-structure"]:
         spec = get_model(name)
         space = load_space(spec)  # every key is a real config / TrainConfig field
         assert space["train_params"], name

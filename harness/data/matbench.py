@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import KFold, StratifiedKFold
 
 from harness.data.catalog import CATALOG, MATBENCH_TASKS
 from harness.data.dataset import DataError, Dataset, Split, read_source
@@ -118,6 +117,9 @@ def official_folds(ids: list[str] | np.ndarray, targets=None, task_type: str = "
     ``KFold(5, shuffle=True, random_state=18012019)``; classification tasks stratify on
     ``targets`` with ``StratifiedKFold`` (same arguments), as matbench does.
     """
+    # imported here: scikit-learn costs ~1 s to import, and every Ray worker imports this module
+    from sklearn.model_selection import KFold, StratifiedKFold
+
     x = np.zeros(len(ids))
     if task_type == "classification":
         splitter = StratifiedKFold(n_splits=N_FOLDS, shuffle=True, random_state=FOLD_SEED)

@@ -1,7 +1,7 @@
 """Model registry: name -> how to build, feed and train one architecture.
 
-Adding a model is one file under ``harness/models/`` and one ``register(...)`` line in
-``harness/models/__init__.py``. Everything downstream (trainer, sweep, leaderboard) reads
+Adding a model is one file under ``harness/models/`` (which calls ``register(...)``) and one
+line in ``MODEL_FILES`` of ``harness/models/__init__.py`` (files are imported on first use). Everything downstream (trainer, sweep, leaderboard) reads
 only what is in a :class:`ModelSpec`.
 """
 
@@ -89,17 +89,3 @@ def get_model(name: str) -> ModelSpec:
             f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}; "
             f"groups: {', '.join(sorted(GROUPS))}"
         ) from None
-
-
-def resolve_models(text: str) -> list[str]:
-    """``"crabnet,hotcrab"`` or a group name (``all-composition``) -> model names, in order."""
-    names: list[str] = []
-    for item in [t.strip() for t in text.split(",") if t.strip()]:
-        expanded = GROUPS.get(item, [item])
-        for name in expanded:
-            get_model(name)
-            if name not in names:
-                names.append(name)
-    if not names:
-        raise ValueError("no model given (e.g. --models crabnet)")
-    return names

@@ -17,8 +17,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-FINISHED_KEY = "trial_finished"
-ERROR_KEY = "trial_error"  # set by the trainable when a trial fails for a reason of its own
+from harness.tuning.trial import ERROR_KEY, FINISHED_KEY  # noqa: F401  (re-exported)
 
 SAMPLERS = ("tpe", "random", "cmaes")
 

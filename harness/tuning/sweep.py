@@ -35,13 +35,13 @@ from rich.table import Table
 
 from harness.data.dataset import Dataset, Split
 from harness.models import get_model
-from harness.provenance import hardware
 from harness.training.config import PRECISIONS
 from harness.tuning import tracking
 from harness.tuning.optuna_search import ERROR_KEY, FINISHED_KEY, TruthfulOptunaSearch, make_sampler
 from harness.tuning.progress import ProgressPrinter
 from harness.tuning.space import load_space
-from harness.tuning.trial import TrialContext, final_fit, run_trial
+from harness.tuning.trial import TrialContext
+from harness.tuning.worker import FeaturesView, final_task, trial_entry
 
 METRIC = "best_val_mae"  # best validation MAE so far: what ASHA compares and Optuna minimises
 
@@ -534,7 +534,7 @@ def trainable_name(search_name: str, model: str) -> str:
 def _search_trainable(context, name: str, resources: dict[str, float]):
     from ray import tune
 
-    bound = tune.with_parameters(_trial_entry, context=context)
+    bound = tune.with_parameters(trial_entry, context=context)
     bound.__name__ = name  # the registry key (and the trial directory prefix)
     return tune.with_resources(bound, resources)
 
@@ -727,14 +727,6 @@ def _outcome_from_store(client, state: dict, outcome: SearchOutcome) -> SearchOu
     return outcome
 
 
-@dataclass(frozen=True)
-class FeaturesView:
-    """Features already in the object store (``ref``), read in the worker as input kind ``kind``."""
-
-    ref: Any  # ray.ObjectRef
-    kind: str
-
-
 def _features_in_object_store(kind: str, dataset: Dataset, stored: dict[str, Any]):
     """An ObjectRef of ``dataset`` featurized as ``kind``, put once: every trial and final fit reads
     it there. A kind that another stored kind can be read as (crystal_graph / periodic_graph)
@@ -753,31 +745,6 @@ def _features_in_object_store(kind: str, dataset: Dataset, stored: dict[str, Any
     stored[kind] = (features, ref)
     console.print(f"featurized {dataset.name} as {kind} in {time.time() - start:.1f} s")
     return ref
-
-
-def _resolve_features(context: TrialContext) -> TrialContext:
-    """Inside the worker: the context with its features fetched from the object store."""
-    from dataclasses import replace
-
-    import ray
-
-    features = context.features
-    if isinstance(features, FeaturesView):
-        features = ray.get(features.ref).as_kind(features.kind)
-    elif isinstance(features, ray.ObjectRef):
-        features = ray.get(features)
-    return replace(context, features=features)
-
-
-def _trial_entry(config: dict[str, Any], context: TrialContext) -> None:
-    """Resolve the features inside the worker, then train."""
-    run_trial(config, _resolve_features(context))
-
-
-def _final_task(context: TrialContext, params: dict[str, Any], seed: int) -> dict[str, Any]:
-    out = final_fit(_resolve_features(context), params, seed)
-    out["hardware"] = hardware()
-    return out
 
 
 def _metric(key: str, value: float):
@@ -826,7 +793,7 @@ def _final_evaluation(
         return
     console.print(f"{label}: final fits with seeds {todo} on {len(split.train)} training rows")
     task = ray.remote(num_cpus=opts.cpus_per_trial, num_gpus=opts.gpus_per_trial,
-                      max_retries=opts.max_failures)(_final_task)
+                      max_retries=opts.max_failures)(final_task)
     refs = {seed: task.remote(context, params, seed) for seed in todo}
     for seed, ref in refs.items():
         run_id = final_runs[str(seed)]

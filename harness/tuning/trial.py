@@ -18,7 +18,10 @@ import numpy as np
 from harness.data.dataset import Split
 from harness.models import get_model
 from harness.training.config import TrainConfig
-from harness.tuning.optuna_search import ERROR_KEY, FINISHED_KEY
+
+# What the trainable's results tell the searcher (optuna_search.py) and the progress lines.
+FINISHED_KEY = "trial_finished"  # on the epoch a trial ends by itself (max epochs, own early stop)
+ERROR_KEY = "trial_error"  # set when a trial fails for a reason of its own
 
 # Failures that belong to the configuration, not the machine: retrying them elsewhere gives
 # the same result, so the trial ends as failed (with the reason) and the sweep goes on.
@@ -175,6 +178,9 @@ def final_fit(context: TrialContext, params: dict[str, Any], seed: int) -> dict[
     torch.manual_seed(seed)
     model = spec.build(model_config, context.features.info)
     trainer = Trainer(model, context.features, context.targets, split, train_config)
+    # timed from here: building the optimizer imports torch._dynamo and pytorch_optimizer (~4 s,
+    # once per worker process), a start-up cost that is not the configuration's training cost
+    start = time.time()
     result = trainer.fit()
     metrics: dict[str, float] = {"n_params": n_parameters(model), "epochs_run": result.epochs_run}
     for part, idx in (("train", split.train), ("val", split.val), ("test", split.test)):
