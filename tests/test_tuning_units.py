@@ -199,8 +199,7 @@ def test_graph_kinds_that_read_the_same_tensors_are_stored_once(tmp_path, monkey
     from harness.featurize import featurize
     from harness.featurize.graphs import probe_structures
     from harness.tuning.sweep import _features_in_object_store, _init_ray
-    from harness.tuning.worker import FeaturesView
-    from harness.tuning.worker import resolve_features as _resolve_features
+    from harness.tuning.worker import FeaturesView, resolve_features
     from harness.tuning.trial import TrialContext
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
@@ -211,7 +210,7 @@ def test_graph_kinds_that_read_the_same_tensors_are_stored_once(tmp_path, monkey
 
     def read_in_worker(features) -> tuple[bool, int, bool]:
         context = TrialContext("cgcnn", "three", features, frame["target"].to_numpy(), dataset.splits[0], 1, 0)
-        graphs = _resolve_features(context).features
+        graphs = resolve_features(context).features
         batch = next(graphs.batches(idx, np.zeros(3), batch_size=3)).graph
         return graphs.info["lg"], int(batch.edge_index.shape[1]), "lg_edge_index" in batch
 
