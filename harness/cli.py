@@ -292,12 +292,15 @@ def ui(
 ) -> None:
     """Start the MLflow UI on the sweep's store, bound to 127.0.0.1 (reach it remotely via SSH -L)."""
     uri = _tracking_uri(workdir, mlflow_uri)
+    # One server process, and no GenAI job runners (MLflow 3 starts 7 `huey` consumers, each
+    # importing MLflow): a one-person viewer then starts in ~13 s instead of ~40 s on 2 cores.
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     if (workdir / "mlartifacts").exists() and not mlflow_uri:
         cmd += ["--default-artifact-root", (workdir / "mlartifacts").resolve().as_uri()]
     console.print(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C to stop)")
-    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # the user's setting wins
+    raise typer.Exit(subprocess.call(cmd, env=env))
 
 
 if __name__ == "__main__":

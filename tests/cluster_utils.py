@@ -115,7 +115,8 @@ def start_mlflow_server(tmp: Path) -> tuple[Proc, str]:
     proc = Proc([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
                  "--artifacts-destination", (tmp / "server-artifacts").as_uri(),
                  "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-                tmp / "mlflow-server.log")
+                # without MLflow 3's GenAI job runners (7 processes importing MLflow): starts ~3x faster
+                tmp / "mlflow-server.log", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -89,6 +89,9 @@ def test_ui_serves_the_sweep_store_on_loopback(tmp_path):
         assert b'"name": "harness"' in body or b'"name":"harness"' in body
         listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
         assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening
+        # a one-person viewer: no MLflow GenAI job runners beside it (they tripled its start-up)
+        group = subprocess.run(["ps", "-o", "args=", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+        assert "mlflow" in group and "huey_consumer" not in group, group
     finally:
         import os
         import signal
