@@ -13,7 +13,7 @@ from harness.analysis import THRESHOLDS, count_clusters, environment_matrix, run
 from harness.data import load_dataset
 from harness.data.dataset import Split
 from harness.featurize import CompositionBatch, CompositionTokens
-from harness.models import GROUPS, get_model
+from harness.models import get_model, model_groups
 from harness.models.lgdcnn import LGDCNN, LGDCNNConfig
 from harness.models.roost import RoostConfig
 from harness.paths import REPO_ROOT
@@ -163,7 +163,7 @@ def test_v1_fuses_by_max_pool_over_features(rows) -> None:
 
 
 def test_registry_recipes_and_search_spaces() -> None:
-    assert {"lgdcnn", "lgdcnn_v1", "roost"} <= set(GROUPS["all-composition"])
+    assert {"lgdcnn", "lgdcnn_v1", "roost"} <= set(model_groups()["all-composition"])
     assert get_model("lgdcnn").label == "L-G-DCNN" and get_model("lgdcnn_v1").label == "L-G-DCNN-V1"
     assert get_model("lgdcnn_v1").make_config().fusion and not get_model("lgdcnn").make_config().fusion
     lg = TrainConfig.from_dict(get_model("lgdcnn").train_defaults)

@@ -13,7 +13,7 @@ import yaml
 
 from harness.data.dataset import DataError
 from harness.featurize import CompositionBatch, CompositionTokens, element_table, featurize
-from harness.models import GROUPS, get_model
+from harness.models import get_model, model_groups
 from harness.models.crabnet import CrabNet, CrabNetConfig, FractionalEncoder
 from harness.paths import REPO_ROOT, data_dir
 from harness.training import TrainConfig, compute_loss, n_parameters, robust_l1
@@ -150,7 +150,7 @@ def test_config_validation() -> None:
 
 
 def test_registry_and_recipe() -> None:
-    assert GROUPS["all-composition"][:2] == ["crabnet", "hotcrab"]
+    assert model_groups()["all-composition"][:2] == ["crabnet", "hotcrab"]
     for name in ("crabnet", "hotcrab"):
         spec = get_model(name)
         assert spec.input_kind == "composition_tokens" and spec.search_space == "crabnet.yaml"
