@@ -1,8 +1,8 @@
 """Model registry: name -> how to build, feed and train one architecture.
 
 Adding a model is one file under ``harness/models/`` (which calls ``register(...)``) and one
-line in ``MODEL_FILES`` of ``harness/models/__init__.py`` (files are imported on first use). Everything downstream (trainer, sweep, leaderboard) reads
-only what is in a :class:`ModelSpec`.
+line in ``MODEL_FILES`` of ``harness/models/__init__.py`` (files are imported on first use).
+Everything downstream (trainer, sweep, leaderboard) reads only what is in a :class:`ModelSpec`.
 """
 
 from __future__ import annotations
