@@ -54,7 +54,8 @@ def own_cluster(tmp_path):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """One cluster and MLflow server shared by the tests that leave both intact (starting them
-    takes ~40 s); each test reads only its own sweep's runs."""
+    took 16-18 s on an idle 2-core machine, 46-52 s beside other work); each test reads only its
+    own sweep's runs."""
     yield from _start_cluster(tmp_path_factory.mktemp("cluster"))
 
 
