@@ -35,6 +35,21 @@ def load_now() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
+def hardware_legend(records: list[dict]) -> tuple[dict[str, str], str]:
+    """A letter per machine that produced ``records`` (their ``hardware`` field), and the legend.
+
+    Long benchmarks add up records from several machines and sessions; a minutes column is only
+    comparable between rows of the same machine, so each row names its own (as a letter: the CPU
+    strings are long). Records from before the field existed show ``?``.
+    """
+    names = sorted({r["hardware"] for r in records if r.get("hardware")})
+    letters = {name: chr(ord("A") + i) for i, name in enumerate(names)}
+    legend = "; ".join(f"{letter} = {name}" for name, letter in letters.items())
+    if any(not r.get("hardware") for r in records):
+        legend = (legend + "; " if legend else "") + "? = not recorded (records written before 2026-12-03)"
+    return letters, f"Machines: {legend}." if legend else ""
+
+
 def write_section(section: str, body: str) -> None:
     """Replace ``<!-- section:start -->…<!-- section:end -->`` in RESULTS.md (other sections kept)."""
     import fcntl

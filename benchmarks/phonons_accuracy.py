@@ -41,8 +41,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import (  # noqa: E402
-    append_record, load_now, load_records, machine, reference_rows, work_dir, write_section,
+    append_record, hardware_legend, load_records, reference_rows, work_dir, write_section,
 )
+from harness.provenance import hardware  # noqa: E402
 
 SECTION = "phonons_accuracy"
 ORDER = {"dummy": 0, "rf": 1, "cgcnn": 2, "schnet": 3, "alignn": 4, "crysformer": 5}  # table rows
@@ -173,7 +174,8 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_alignn:
                 "compiled": bool(params.get("compile")), "recipe": {k: v for k, v in recipe.items() if k != "seed"},
                 "n_train": int(len(split.train)), "n_val": int(len(split.val)),
                 "n_test": int(len(split.test)), "data_sha256": ds.sha256, "device": device,
-                "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
+                "threads": torch.get_num_threads(), "hardware": hardware(),
+                "date": time.strftime("%Y-%m-%d %H:%M")}
 
     trainer.fit(progress, resume_from=resume)
     record = record_of(trainer, trainer.evaluate(split.test))
@@ -208,7 +210,8 @@ def baseline_record(name: str, fold: int, seed: int, features, ds, split) -> dic
             "val_mae": val_mae, "test_mae": test_mae, "parameters": parameters,
             "minutes": (time.perf_counter() - start) / 60, "resumed": False, "compiled": False,
             "n_train": int(len(split.train)), "n_val": int(len(split.val)), "n_test": int(len(split.test)),
-            "data_sha256": ds.sha256, "device": "cpu", "threads": 1, "date": time.strftime("%Y-%m-%d %H:%M")}
+            "data_sha256": ds.sha256, "device": "cpu", "threads": 1, "hardware": hardware(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def five_fold_means(records: list[dict]) -> list[str]:
@@ -269,10 +272,11 @@ def label_of(record: dict) -> str:
 
 def render(records: list[dict]) -> str:
     reference = published()
+    machines, legend = hardware_legend(records)
     records = sorted(records, key=lambda r: (ORDER.get(r["model"], 9), r["model"], r.get("variant", ""),
                                              r["fold"], r["seed"]))
     table = ["| model | fold | seed | parameters | epochs (best) | val MAE | **test MAE** | published (5-fold mean) "
-             "| minutes (threads, device) | date |",
+             "| minutes (threads, device, machine) | date |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in records:
         pub = f"{reference[r['model']]:.2f}" if r["model"] in reference else "–"
@@ -282,7 +286,7 @@ def render(records: list[dict]) -> str:
         params = "–" if r["parameters"] is None else f"{r['parameters']:,}"
         table.append(f"| {label_of(r)} | {r['fold']} | "
                      f"{r['seed']} | {params} | {epochs} | {r['val_mae']:.2f} | "
-                     f"**{r['test_mae']:.2f}** | {pub} | {r['minutes']:.1f} ({r['threads']}, {r['device']}) | "
+                     f"**{r['test_mae']:.2f}** | {pub} | {r['minutes']:.1f} ({r['threads']}, {r['device']}, {machines.get(r.get('hardware'), '?')}) | "
                      f"{r['date']} |")
     return "\n".join([
         "## matbench_phonons accuracy (`benchmarks/phonons_accuracy.py`)", "",
@@ -298,8 +302,7 @@ def render(records: list[dict]) -> str:
         "the gate and core pre-activations (`gate_batch_norm`, the default since 2026-12-02). "
         "Baselines: Dummy predicts the mean of the fold's training rows; RF is scikit-learn's (100 trees) on the "
         "145 Magpie attributes, beside the leaderboard's RF-SCM/Magpie (which adds sine-Coulomb-matrix features). "
-        f"Machine: {machine(1).split(';')[0].rsplit(',', 2)[0]}; load {load_now()} when rendered.", "",
-        *table, "", *five_fold_means(records), *fold_difficulty(records)])
+        + legend, "", *table, "", *five_fold_means(records), *fold_difficulty(records)])
 
 
 def main() -> None:

@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import append_record, load_now, load_records, machine, reference_rows, write_section  # noqa: E402
+from _results import append_record, hardware_legend, load_records, reference_rows, write_section  # noqa: E402
+from harness.provenance import hardware  # noqa: E402
 
 SECTION = "reproduce"
 DATASETS = ("aflow__ael_bulk_modulus_vrh", "aflow__ael_shear_modulus_vrh", "mp_bulk_modulus", "mp_shear_modulus")
@@ -87,7 +88,8 @@ def fit_one(name: str, dataset_name: str, seed: int, epochs: int | None, precisi
     start = time.perf_counter()
     record = {"model": name, "dataset": dataset_name, "seed": seed, "split": split.name,
               "n_train": int(len(split.train)), "n_val": int(len(split.val)), "n_test": int(len(split.test)),
-              "data_sha256": ds.sha256, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "data_sha256": ds.sha256, "threads": torch.get_num_threads(), "hardware": hardware(),
+              "date": time.strftime("%Y-%m-%d %H:%M"),
               "precision": recipe.get("precision", "fp32")}
     if spec.framework == "sklearn":
         from harness.training.sklearn_fit import final_sklearn
@@ -122,10 +124,11 @@ def render(records: list[dict]) -> str:
 
     reference = published()
     order = {m: i for i, m in enumerate(MODELS)}
+    machines, legend = hardware_legend(records)
     records = sorted(records, key=lambda r: (order.get(r["model"], 99), r["model"], DATASETS.index(r["dataset"])
                                              if r["dataset"] in DATASETS else 99, r["seed"], precision_of(r) != "fp32"))
     rows = ["| model | dataset | seed | train/val/test | epochs (best) | test MAE (GPa) | published | ours / published "
-            "| within 5 % or better | minutes (threads) |",
+            "| within 5 % or better | minutes (threads, machine) |",
             "|---|---|---:|---|---:|---:|---:|---:|---|---:|"]
     for r in records:
         pub = reference.get((PUBLISHED_AS.get(r["model"], ""), r["dataset"]))
@@ -136,14 +139,14 @@ def render(records: list[dict]) -> str:
         rows.append(
             f"| {label} | {r['dataset']} | {r['seed']} | {r['n_train']}/{r['n_val']}/{r['n_test']} | {epochs} "
             f"| **{r['test_mae']:.3f}** | {'–' if pub is None else f'{pub:.3f}'} | "
-            f"{'–' if ratio is None else f'{ratio:.3f}'} | {verdict} | {r['minutes']:.1f} ({r['threads']}) |")
+            f"{'–' if ratio is None else f'{ratio:.3f}'} | {verdict} | {r['minutes']:.1f} ({r['threads']}, {machines.get(r.get('hardware'), '?')}) |")
     lines = ["## Reproducing published composition results (`benchmarks/reproduce.py`)", "",
              "Paper recipes on the CrabNet paper's fixed splits, one seed per fit. "
              "Published: L-G-DCNN preprint (Fig. 4) for L-G-DCNN; CrabNet paper Table 2 for CrabNet, RF and ElemNet. "
              "[bf16]: the same recipe in bf16 mixed precision (`--precision bf16`); the rest fp32. "
              "The RF is scikit-learn's with 100 trees on 145 Magpie attributes; the FC nets train 100 epochs "
              "(Adam 1e-4, batch 32, MAE) and keep the best val epoch. "
-             f"Machine: {machine(1).split(';')[0].rsplit(',', 2)[0]}; load {load_now()} when rendered.", "", *rows, ""]
+             + legend, "", *rows, ""]
     lines += irnet_verdict(records)
     lines += precision_comparison(records)
     return "\n".join(lines)
@@ -170,7 +173,7 @@ def precision_comparison(records: list[dict]) -> list[str]:
                     f"{fp32['minutes']:.1f} / {bf16['minutes']:.1f} ({fp32['minutes'] / bf16['minutes']:.2f}×) |")
     if not rows:
         return []
-    return ["bf16 mixed precision vs fp32 (same recipe, seed and epochs; minutes on this machine, which may "
+    return ["bf16 mixed precision vs fp32 (same recipe, seed and epochs; minutes as measured, on a machine that may "
             "have run other work beside them):", "",
             "| model | dataset | seed | epochs | test MAE fp32 | test MAE bf16 | bf16 / fp32 | minutes fp32 / bf16 (speed-up) |",
             "|---|---|---:|---:|---:|---:|---:|---:|", *rows, ""]
