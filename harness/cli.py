@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from harness.console import make_console
 
 app = typer.Typer(
     help=__doc__,
@@ -37,8 +38,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(analyze_app, name="analyze")
 
-console = Console()
-err = Console(stderr=True)
+console = make_console()
+err = make_console(stderr=True)
 
 DEFAULT_WORKDIR = Path("runs/default")
 

@@ -19,7 +19,7 @@ from harness.featurize import FEATURIZERS, TabularBatch, featurize
 from harness.featurize.fractions import ELEMNET_ELEMENTS, ElementFractions, element_symbols
 from harness.featurize.magpie import N_MAGPIE, MagpieFeatures
 from harness.models import get_model, model_groups
-from harness.models.irnet import IRNET48_STACKS, IRNet, IRNetConfig, TrainStandardizer
+from harness.models.irnet import IRNET48_STACKS, IRNetConfig, TrainStandardizer
 from harness.training import Trainer, TrainConfig, n_parameters
 from harness.training.sklearn_fit import final_sklearn, fit_sklearn
 from harness.tuning.space import load_space

@@ -138,7 +138,6 @@ def test_paper_default_parameter_counts() -> None:
     # reports ("Model size: 8635911 parameters"): mat2vec->512, BiLSTM + BiGRU (2 x 256), one
     # shared attention scorer, region conv + 3 residual blocks of two 512x512x3 convs.
     assert n_parameters(LGDCNN(LGDCNNConfig(out_hidden=()))) == 8_635_911
-    conv = 512 * 512 * 3 + 512
     head = (512 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 256 + 256 + 256 * 128 + 128  # fcs
             + 512 * 1024 + 1024 * 512 + 512 * 256 + 256 * 128 + 128 * 3 + 3)  # res_fcs, fc_out
     assert counts["lgdcnn"] == 8_635_911 - (512 * 3 + 3) + head == counts["lgdcnn_v1"]

@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from torch import nn
 
-from harness.data.dataset import Dataset, Split
+from harness.data.dataset import Split
 from harness.featurize import CompositionTokens
 from harness.models import get_model
 from harness.paths import data_dir

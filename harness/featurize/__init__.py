@@ -12,7 +12,7 @@ from harness.data.dataset import Dataset
 from harness.featurize.base import Batch, Features
 from harness.featurize.composition import CompositionBatch, CompositionTokens, element_table
 from harness.featurize.fractions import ElementFractions
-from harness.featurize.magpie import MagpieFeatures, TabularBatch
+from harness.featurize.magpie import MagpieFeatures, TabularBatch  # noqa: F401 (TabularBatch: re-exported)
 
 
 def _structure_kind(kind: str) -> Callable[[Dataset], Features]:

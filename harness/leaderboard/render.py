@@ -251,7 +251,7 @@ def render_suite(t: SuiteTables, not_run: list[str], exports: list[tuple[str, st
     suite = t.data.suite
     lines = [f"# Leaderboard: `{suite}`", "",
              PROTOCOLS.get(suite, "Test MAE of the final fits."), "",
-             f"All protocols: [README](README.md). " + _summary_line(t)
+             "All protocols: [README](README.md). " + _summary_line(t)
              + f" Code: commit {', '.join(f'`{c}`' for c in commits_of(t)) or 'unknown'}.", "",
              "## Test MAE", "",
              "Lower is better. **Bold**: the best measured number of the row. *over*: what the mean ± "

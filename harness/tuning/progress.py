@@ -7,6 +7,7 @@ import math
 from ray import tune
 from rich.console import Console
 
+from harness.console import make_console
 from harness.tuning.optuna_search import ERROR_KEY, FINISHED_KEY
 
 
@@ -33,7 +34,7 @@ class ProgressPrinter(tune.Callback):
     @property
     def console(self) -> Console:
         if self._console is None:
-            self._console = Console(stderr=True)
+            self._console = make_console(stderr=True)
         return self._console
 
     def __getstate__(self) -> dict:

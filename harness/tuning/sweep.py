@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import sys
 import threading
 import time
 import uuid
@@ -30,9 +29,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
 from rich.table import Table
 
+from harness.console import make_console
 from harness.data.dataset import Dataset, Split
 from harness.models import get_model
 from harness.training.config import PRECISIONS
@@ -46,7 +45,7 @@ from harness.tuning.worker import FeaturesView, final_task, trial_entry
 METRIC = "best_val_mae"  # best validation MAE so far: what ASHA compares and Optuna minimises
 
 # Logs and CI are not terminals: rich would wrap at 80 columns there.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+console = make_console(stderr=True)
 
 
 @dataclass
