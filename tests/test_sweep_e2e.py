@@ -6,7 +6,10 @@ One module-scoped sweep (CrabNet, 6 trials, 3 epochs, 300 rows of aflow__ael_bul
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import sys
 
 import optuna
 import pytest
@@ -26,14 +29,20 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sweep")
-    outcomes = run_sweep(SweepOptions(
-        models=["crabnet"], datasets=[DATASET], num_samples=TRIALS, max_epochs=EPOCHS,
-        final_seeds=SEEDS, workdir=workdir, subsample=300, reduction_factor=3, seed=0,
-    ))
+    log = io.StringIO()  # the driver's console (stderr), read by a test and passed on
+    try:
+        with contextlib.redirect_stderr(log):
+            outcomes = run_sweep(SweepOptions(
+                models=["crabnet"], datasets=[DATASET], num_samples=TRIALS, max_epochs=EPOCHS,
+                final_seeds=SEEDS, workdir=workdir, subsample=300, reduction_factor=3, seed=0,
+            ))
+    finally:
+        sys.stderr.write(log.getvalue())
     uri = default_tracking_uri(workdir)
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
-    return {"workdir": workdir, "uri": uri, "client": client, "runs": runs, "outcomes": outcomes}
+    return {"workdir": workdir, "uri": uri, "client": client, "runs": runs, "outcomes": outcomes,
+            "log": log.getvalue()}
 
 
 def _stage(runs, stage):
@@ -90,6 +99,8 @@ def test_final_runs_carry_test_metrics_and_provenance(sweep):
         assert tags["git_commit"] and tags["version.torch"] and tags["version.ray"]
         assert tags["dataset"] == DATASET and tags["suite"] == "crabnet28"
         assert any(k.startswith("model_params.") for k in run.data.params)
+        # the console says each final fit's result as it lands (a log of a long sweep shows them)
+        assert f"final fit seed {tags['seed']}: test MAE {m['test_mae']:.4g} (" in sweep["log"]
 
 
 def _results_row(page_text: str) -> dict[str, str]:

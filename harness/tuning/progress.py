@@ -57,7 +57,7 @@ class ProgressPrinter(tune.Callback):
             f"[bold]{self.label}[/] trial {trial.trial_id} {event:<22} "
             f"{done}/{self.num_samples} done · {states.count('running')} running · "
             f"{states.count('completed')} completed · {states.count('pruned')} pruned · "
-            f"{states.count('failed')} failed · best {self.metric} {best_text}",
+            f"{states.count('failed')} failed · best {self.metric.removeprefix('best_')} {best_text}",
             highlight=False,
             soft_wrap=True,
         )

@@ -821,6 +821,8 @@ def _final_evaluation(
             client.log_text(run_id, train.to_csv(index=False), "predictions_train.csv")
         client.set_terminated(run_id, "FINISHED")
         outcome.test_mae.append(float(metrics["test_mae"]))
+        console.print(f"{label}: final fit seed {seed}: test MAE {float(metrics['test_mae']):.4g} "
+                      f"({out['seconds']:.0f} s)", highlight=False)
 
 
 def _get_unless_stopped(ref, all_refs, label: str, workdir: Path):
