@@ -43,10 +43,17 @@ dot product of Dwivedi & Bresson's graph transformer (arXiv:2012.09699) and its 
 parameter-free ``sigmoid(c_ij)`` (ALIGNN-style edge gating); d = 128, 4 heads, 4 blocks, FFN
 width 2d, no dropout by default (all searchable). Attention softmaxes use
 ``torch_geometric.utils.softmax`` over the incoming edges of each node.
+
+``compile=True`` (off by default) runs every layer's forward through one ``torch.compile``
+(inductor, dynamic shapes; on CPU it needs a C++ compiler): the same arithmetic in fused kernels.
+One compiled function serves all layers (their parameters are its inputs), so a process compiles
+~4 graphs in ~25 s, not one per layer (``Module.compile`` of each of the 8 layers took ~9 min);
+worth it for long fits, not for short ASHA trials.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -69,6 +76,7 @@ class CrysformerConfig:
     angle_bins: int = 40  # RBF bins over angle 0..pi
     edge_rbf_max: float = 8.0
     dropout: float = 0.0
+    compile: bool = False  # torch.compile the layers (no change to the arithmetic)
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.heads < 1 or self.hidden % self.heads:
@@ -87,15 +95,27 @@ def _ffn(d: int, multiplier: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, multiplier * d), nn.SiLU(), nn.Dropout(dropout), nn.Linear(multiplier * d, d))
 
 
+@functools.lru_cache(maxsize=1)
+def compiled_layer_forward():
+    """``torch.compile`` of :meth:`CrysformerLayer.layer_forward` (inductor, dynamic shapes), built on first use.
+
+    Compiling the unbound method once (not each layer module) lets dynamo treat each layer's
+    parameters as inputs of the same graphs (``inline_inbuilt_nn_modules``).
+    """
+    return torch.compile(CrysformerLayer.layer_forward, dynamic=True)
+
+
 class CrysformerLayer(nn.Module):
     """``(u [N, d], w [E, d], edge_index [2, E]) -> (u', w')``: cross-attention, conditional attention, FFN."""
 
     def __init__(
-        self, d: int, heads: int, ffn_multiplier: int = 2, dropout: float = 0.0, update_edges: bool = True
+        self, d: int, heads: int, ffn_multiplier: int = 2, dropout: float = 0.0, update_edges: bool = True,
+        compiled: bool = False,
     ) -> None:
         super().__init__()
         self.d, self.heads, self.d_head = d, heads, d // heads
         self.update_edges = update_edges
+        self.compiled = compiled
         self.scale = 1.0 / math.sqrt(self.d_head)
         # 1. cross-attention: node queries, edge keys/values
         self.cross_q = nn.Linear(d, d)
@@ -123,6 +143,11 @@ class CrysformerLayer(nn.Module):
                 module.reset_parameters()
 
     def forward(self, u: Tensor, w: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        if self.compiled:
+            return compiled_layer_forward()(self, u, w, edge_index)
+        return self.layer_forward(u, w, edge_index)
+
+    def layer_forward(self, u: Tensor, w: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         src, dst = edge_index[0], edge_index[1]
         n, e, h, dh = u.shape[0], w.shape[0], self.heads, self.d_head
 
@@ -164,7 +189,8 @@ class Crysformer(nn.Module):
             RBFExpansion(0.0, math.pi, config.angle_bins), nn.Linear(config.angle_bins, d)
         )
         def layer(update_edges: bool = True) -> CrysformerLayer:
-            return CrysformerLayer(d, config.heads, config.ffn_multiplier, config.dropout, update_edges)
+            return CrysformerLayer(d, config.heads, config.ffn_multiplier, config.dropout, update_edges,
+                                   compiled=config.compile)
 
         last = config.n_blocks - 1
         self.line_layers = nn.ModuleList(layer(k < last) for k in range(config.n_blocks))  # angles of the last: unread
