@@ -2,14 +2,17 @@
 
     python benchmarks/structure_throughput.py [--n 500] [--dataset mp_2018_subset:formation_energy_per_atom]
                                               [--models crysformer,alignn,cgcnn,schnet,lern] [--threads 0]
+                                              [--precision fp32,bf16] [--compile off|on|both]
 
 For each model, with its paper-default architecture and training recipe (optimizer, learning
 rate, batch size from its registry entry): one training epoch over ``--n`` real structures
 (seeded sample; forward, loss, backward, optimizer step, batches collated by the shared
 featurizer's ``CrystalGraphs.batches``, i.e. what the trainer does), after one warm-up batch;
 then one inference pass (eval mode, no gradients, batch 256). Graphs are built once, before
-timing (``benchmarks/graph_build.py`` measures that). Prints a table and replaces its own
-section of ``benchmarks/RESULTS.md``.
+timing (``benchmarks/graph_build.py`` measures that). ``--compile on`` (or ``both``) runs ALIGNN and
+Crysformer with ``compile=True`` (torch.compile of their layers; one warm-up batch of training and
+one of inference compile before the timing starts). Prints a table and replaces its own section of
+``benchmarks/RESULTS.md``.
 
 The machine's load average is recorded: on a shared machine the numbers move with it.
 """
@@ -28,6 +31,7 @@ from _results import load_now, load_structures, machine, write_section  # noqa: 
 
 SECTION = "structure_throughput"
 MODELS = "crysformer,alignn,cgcnn,schnet,lern"
+COMPILABLE = ("alignn", "crysformer")  # models whose config has compile=True
 
 
 def main() -> None:
@@ -39,6 +43,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32",
                     help="fp32, bf16 or both (fp32,bf16): TrainConfig.precision; bf16 = training forward passes under "
                          "bfloat16 autocast, as the trainer runs them")
+    ap.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                    help="ALIGNN and Crysformer with compile=True (on), without (off), or both rows")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
 
@@ -70,13 +76,16 @@ def main() -> None:
     rows = []
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     device = torch.device("cpu")
-    for name, precision in [(m.strip(), p) for m in args.models.split(",") if m.strip() for p in precisions]:
+    compile_modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    runs = [(m.strip(), p, c) for m in args.models.split(",") if m.strip() for p in precisions
+            for c in (compile_modes if m.strip() in COMPILABLE else (False,))]
+    for name, precision, compiled in runs:
         spec = get_model(name)
         # the batches its input kind gives in a sweep: line graphs only for ALIGNN and Crysformer
         features = CrystalGraphs(tensors, GraphConfig(k=12, line_graph=spec.input_kind == "crystal_graph",
                                                       site_env=True))
         seed_everything(0)
-        model = spec.build(spec.make_config(), features.info)
+        model = spec.build(spec.make_config(**({"compile": True} if compiled else {})), features.info)
         recipe = TrainConfig.from_dict({**spec.train_defaults, "epochs": 1, "precision": precision})
         batch_size = recipe.batch_size or 64
         optimizer = build_optimizer(recipe, [p for p in model.parameters() if p.requires_grad])
@@ -99,14 +108,17 @@ def main() -> None:
         train_s = time.perf_counter() - start
 
         model.eval()
-        start = time.perf_counter()
         with torch.no_grad(), autocast(recipe, device):
+            if compiled:  # eval mode and no_grad are other graphs: compile them before the clock starts
+                model(next(features.batches(rows_idx[:256], y[:256], 256)))
+            start = time.perf_counter()
             for batch in features.batches(rows_idx, y, 256):
                 model(batch)
         infer_s = time.perf_counter() - start
-        rows.append((spec.label, precision, n_parameters(model), batch_size, train_s, n / train_s, infer_s,
+        label = spec.label + (" (compiled)" if compiled else "")
+        rows.append((label, precision, n_parameters(model), batch_size, train_s, n / train_s, infer_s,
                      n / infer_s))
-        print(f"{name} {precision}: train {train_s:.1f} s ({n / train_s:.1f}/s), inference {infer_s:.1f} s ({n / infer_s:.1f}/s)",
+        print(f"{label} {precision}: train {train_s:.1f} s ({n / train_s:.1f}/s), inference {infer_s:.1f} s ({n / infer_s:.1f}/s)",
               file=sys.stderr, flush=True)
 
     table = ["| model | precision | parameters | batch | train epoch (s) | train structures/s | inference (s) "
