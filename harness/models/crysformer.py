@@ -46,8 +46,9 @@ width 2d, no dropout by default (all searchable). Attention softmaxes use
 
 ``compile=True`` (off by default) runs every layer's forward through one ``torch.compile``
 (inductor, dynamic shapes; on CPU it needs a C++ compiler): the same arithmetic in fused kernels.
-One compiled function serves all layers (their parameters are its inputs), so a process compiles
-~4 graphs in ~25 s, not one per layer (``Module.compile`` of each of the 8 layers took ~9 min).
+One compiled function serves all layers (their parameters are its inputs), so a training process
+compiles ~4 graphs (first step 24-105 s on a loaded 2-core machine), not one set per layer
+(``Module.compile`` of each of the 8 layers: 538 s on the same machine).
 Measured on matbench_phonons batches of 64, bf16, 1 thread, eager and compiled steps interleaved:
 median 1.35x faster training steps (2026-12-03, on a 2-core machine under heavy load, so a rough
 figure); worth it for long fits, not for short ASHA trials.
@@ -102,10 +103,12 @@ def compiled_layer_forward():
     """``torch.compile`` of :meth:`CrysformerLayer.layer_forward` (inductor, dynamic shapes), built on first use.
 
     Compiling the unbound method once (not each layer module) lets dynamo treat each layer's
-    parameters as inputs of the same graphs (``inline_inbuilt_nn_modules``). A fit needs more
-    graphs than dynamo's default limit of 8 per function (edge update on/off x train/eval x grad
-    on/off x autocast on/off, and shape specialisations); past the limit it would silently run
-    the rest eagerly, so the limit is raised to 32 (a process-wide dynamo setting; only upwards).
+    parameters as inputs of the same graphs (``inline_inbuilt_nn_modules``). Each combination of
+    edge update on/off, train/eval, grad on/off and autocast on/off (and shape specialisations)
+    is its own graph, and dynamo's default limit is 8 per function: a process that trains an fp32
+    and a bf16 model (``benchmarks/structure_throughput.py``) hit it, and past it dynamo runs the
+    rest eagerly with only a warning. The limit is raised to 32 (a process-wide dynamo setting,
+    only ever upwards).
     """
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     return torch.compile(CrysformerLayer.layer_forward, dynamic=True)
