@@ -136,7 +136,8 @@ def models_list() -> None:
     table = Table(title="models")
     for col in ("name", "input", "parameters", "groups"):
         table.add_column(col, no_wrap=True)
-    table.add_column("paper", overflow="ellipsis", no_wrap=True, max_width=60)
+    # A terminal keeps the table on one screen; a pipe or a file gets the whole citation.
+    table.add_column("paper", overflow="ellipsis", no_wrap=True, max_width=60 if console.is_terminal else None)
     groups_of = model_groups()
     for name, spec in all_models().items():
         groups = ",".join(g for g, members in groups_of.items() if name in members)

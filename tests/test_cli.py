@@ -32,6 +32,8 @@ def test_models_list_names_crabnet_with_its_parameter_count():
     result = runner.invoke(app, ["models", "list"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "11,987,206" in result.output  # CrabNet, paper defaults
+    # Not a terminal: the citation is whole (a terminal cuts it at 60 characters), doi included.
+    assert "doi:10.1038/s41524-021-00545-1" in result.output
 
 
 def test_sweep_with_unknown_model_fails_clearly_before_starting_anything(tmp_path):
