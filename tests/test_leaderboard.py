@@ -151,7 +151,9 @@ def expected(store, model) -> dict:
                         for p in (store["preds"][r.info.run_id] for r in finals)]).groupby("id")["err"].mean()
     trials = [r for r in store["runs"] if r.data.tags.get("stage") == "trial" and r.data.tags["model"] == model]
     searches = {r.info.run_id: r for r in store["runs"] if r.data.tags.get("stage") == "search"}
-    cpu_h = sum((t.info.end_time - t.info.start_time) / 3.6e6
+    # a trial's cost is the time it ran (trial_seconds), which its run's start-to-end span bounds
+    assert all(0 < t.data.metrics["trial_seconds"] <= (t.info.end_time - t.info.start_time) / 1000 for t in trials)
+    cpu_h = sum(t.data.metrics["trial_seconds"] / 3600
                 * float(searches[t.data.tags["mlflow.parentRunId"]].data.params["cpus_per_trial"]) for t in trials)
     final_cpu_h = sum(r.data.metrics["fit_seconds"] / 3600
                       * float(searches[r.data.tags["mlflow.parentRunId"]].data.params["cpus_per_trial"]) for r in finals)

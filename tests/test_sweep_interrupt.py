@@ -73,6 +73,9 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_search(tmp_path):
     assert state["stage"] == "searching", "an interrupted search must not be judged on its trials so far"
     before, _ = _trial_runs(workdir)
     assert 1 <= len(before) < TRIALS
+    cut_off = {r.info.run_id for r in before if r.info.status == "RUNNING"}
+    pause = 5.0
+    time.sleep(pause)  # the sweep is stopped: the cut-off trial's cost must not include this
 
     done = subprocess.run(_sweep("--resume", str(workdir)), capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -80,6 +83,9 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_search(tmp_path):
     assert state["stage"] == "done" and "best_params" in state
     trials, runs = _trial_runs(workdir)
     assert len(trials) == TRIALS  # no duplicate run for a trial that was running at Ctrl+C
+    for r in trials:  # the time a trial ran (the leaderboards' search cost), within its run's span
+        span = (r.info.end_time - r.info.start_time) / 1000
+        assert 0 < r.data.metrics["trial_seconds"] <= span - (pause if r.info.run_id in cut_off else 0)
     # a classical trial cannot be pruned: the one cut off by Ctrl+C is re-run, not recorded as pruned
     assert [r.data.tags.get("trial_state") for r in trials] == ["completed"] * TRIALS
     assert state["trials"] == {"completed": TRIALS, "pruned": 0, "failed": 0}

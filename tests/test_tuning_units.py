@@ -261,3 +261,23 @@ def test_a_composition_trial_worker_imports_only_what_its_model_needs():
         "crysformer", "alignn", "cgcnn", "schnet", "lern", "irnet17_structure", "irnet48_structure"]
     with pytest.raises(KeyError, match="known models: .*adaboost.*alignn"):
         get_model("crabnet2")
+
+
+def test_trial_clock_carries_its_seconds_through_a_checkpoint_and_not_the_pause(tmp_path):
+    import time
+
+    from harness.tuning.trial import TrialClock
+
+    first = TrialClock()
+    time.sleep(0.2)
+    ran = first.seconds()
+    first.save(tmp_path, ran)  # written beside the trainer's checkpoint
+    time.sleep(0.5)  # the sweep is stopped: this must not count
+    resumed = TrialClock()
+    resumed.restore(tmp_path)
+    time.sleep(0.1)
+    assert 0.2 <= ran < 0.4
+    assert ran + 0.1 <= resumed.seconds() < ran + 0.3
+    old = TrialClock()
+    old.restore(tmp_path / "missing")  # a checkpoint from before the clock existed carries nothing
+    assert old.carried == 0.0

@@ -283,8 +283,9 @@ def render_suite(t: SuiteTables, not_run: list[str], exports: list[tuple[str, st
               "Summed over the datasets of this page. *parameters*: of the final fits' models (a range where "
               "the chosen configurations differ). *epochs (search)*: epochs trained by all trials together; "
               "*epochs (final)*: by all final fits. *CPU-h / GPU-h*: wall time × CPUs / GPUs reserved per "
-              "trial (the search run's `cpus_per_trial`, `gpus_per_trial`); for final fits, the fit time "
-              "(`fit_seconds`) × the same resources.", ""]
+              "trial (the search run's `cpus_per_trial`, `gpus_per_trial`), the wall time of a trial being "
+              "the time it ran (`trial_seconds`, summed over restores; not the time its sweep was stopped); "
+              "for final fits, the fit time (`fit_seconds`) × the same resources.", ""]
     lines += _model_cost_table(t)
     lines += ["", "## Budget", ""]
     lines += _budget_table(t)

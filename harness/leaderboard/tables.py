@@ -15,6 +15,9 @@ import pandas as pd
 
 from harness.leaderboard.store import FAILED, NO_METRIC, OK, RUNNING, SuiteData
 
+# Reported by every trial (harness.tuning.trial.TrialClock; not imported here: it pulls in torch).
+TRIAL_SECONDS_KEY = "trial_seconds"
+
 # ----------------------------------------------------------------------------- protocols
 # How the headline number of each suite is aggregated (see leaderboards/README.md).
 SEEDS, POOLED, FOLDS = "seeds", "pooled", "folds"
@@ -201,6 +204,17 @@ def _search_reason(searches: pd.DataFrame) -> str:
     return "no final runs"
 
 
+def _trial_hours(trial) -> float:
+    """Hours a trial ran: its ``trial_seconds`` (summed over restores, without the time its sweep
+    was stopped), else its run's start-to-end span (runs logged before trial_seconds existed)."""
+    seconds = trial["metrics"].get(TRIAL_SECONDS_KEY)
+    if finite(seconds):
+        return float(seconds) / 3600
+    if trial["end_time"] is None or trial["start_time"] is None or not finite(trial["end_time"]):
+        return math.nan
+    return (float(trial["end_time"]) - float(trial["start_time"])) / 3.6e6
+
+
 def _resources(searches: pd.DataFrame) -> dict[str, tuple[float, float]]:
     """search run id -> (cpus_per_trial, gpus_per_trial)."""
     out = {}
@@ -292,13 +306,14 @@ def pair_result(data: SuiteData, dataset: str, model: str) -> PairResult:
     res.search_epochs = float(sum(epochs)) if epochs else math.nan
     if len(epochs) < len(trials):
         res.cost_notes.append(f"{len(trials) - len(epochs)} trial(s) without an epoch count")
-    cpu, gpu, unknown = 0.0, 0.0, 0
+    cpu, gpu, unknown, spans = 0.0, 0.0, 0, 0
     for _, t in trials.iterrows():
         cpus, gpus = resources.get(t["parent_run_id"], (math.nan, math.nan))
-        if t["end_time"] is None or t["start_time"] is None or not finite(t["end_time"]) or not finite(cpus):
+        hours = _trial_hours(t)
+        if not finite(hours) or not finite(cpus):
             unknown += 1
             continue
-        hours = (float(t["end_time"]) - float(t["start_time"])) / 3.6e6
+        spans += not finite(t["metrics"].get(TRIAL_SECONDS_KEY))
         cpu += hours * cpus
         gpu += hours * (gpus if finite(gpus) else 0.0)
     if len(trials):
@@ -306,6 +321,9 @@ def pair_result(data: SuiteData, dataset: str, model: str) -> PairResult:
             res.search_cpu_h, res.search_gpu_h = cpu, gpu
         if unknown:
             res.cost_notes.append(f"{unknown} trial(s) without an end time or resources: not counted")
+        if spans:
+            res.cost_notes.append(f"{spans} trial(s) without `{TRIAL_SECONDS_KEY}` (logged since 2026-12-03) timed "
+                                  "by their run's start-to-end span, which includes any time the sweep was stopped")
     final_epochs = [float(m["epochs_run"]) for m in finals["metrics"] if finite(m.get("epochs_run"))]
     res.final_epochs = float(sum(final_epochs)) if final_epochs else math.nan
     cpu, gpu, known = 0.0, 0.0, 0

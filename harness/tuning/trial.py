@@ -7,6 +7,7 @@ from ``tune.get_checkpoint()`` when Ray restarts a trial.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from harness.training.config import TrainConfig
 # What the trainable's results tell the searcher (optuna_search.py) and the progress lines.
 FINISHED_KEY = "trial_finished"  # on the epoch a trial ends by itself (max epochs, own early stop)
 ERROR_KEY = "trial_error"  # set when a trial fails for a reason of its own
+
+TRIAL_SECONDS_KEY = "trial_seconds"  # reported every epoch: see TrialClock
 
 # Failures that belong to the configuration, not the machine: retrying them elsewhere gives
 # the same result, so the trial ends as failed (with the reason) and the sweep goes on.
@@ -96,6 +99,34 @@ def build(context: TrialContext, params: dict[str, Any], seed: int):
     return spec, model_config, train_config
 
 
+class TrialClock:
+    """Seconds a trial has spent running, across restores.
+
+    This process's time since the trial function started, plus what the trial's checkpoint
+    carried from earlier processes. The leaderboards' search cost sums it: a trial run's
+    start-to-end span in MLflow also counts any time the sweep was stopped (a trial cut off by
+    Ctrl+C at night and resumed the next morning). Work done after the last checkpoint of an
+    interrupted process is lost and trained again; only the repeat is counted.
+    """
+
+    FILE = "trial_seconds.json"
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.carried = 0.0
+
+    def seconds(self) -> float:
+        return self.carried + (time.perf_counter() - self.started)
+
+    def save(self, directory: Path, seconds: float) -> None:
+        (directory / self.FILE).write_text(json.dumps({"seconds": seconds}))
+
+    def restore(self, directory: Path) -> None:
+        path = directory / self.FILE
+        if path.is_file():  # checkpoints written before this file existed carry nothing
+            self.carried = float(json.loads(path.read_text())["seconds"])
+
+
 def _should_checkpoint(epoch: int, last: bool, context: TrialContext) -> bool:
     return last or epoch in context.rungs or epoch % context.checkpoint_every == 0
 
@@ -106,13 +137,15 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
     from harness.training import Trainer, n_parameters
 
+    clock = TrialClock()
     spec, model_config, train_config = build(context, config, context.seed)
     if spec.framework == "sklearn":
         from harness.training.sklearn_fit import fit_sklearn
 
         metrics = fit_sklearn(spec, model_config, context.features, context.targets, context.split,
                               seed=context.seed)
-        tune.report({**metrics, "epoch": 1, FINISHED_KEY: True, "trained_on": context.label})
+        tune.report({**metrics, "epoch": 1, FINISHED_KEY: True, "trained_on": context.label,
+                     TRIAL_SECONDS_KEY: clock.seconds()})
         return
 
     import torch
@@ -127,13 +160,15 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     def on_epoch(metrics: dict[str, float], trainer) -> None:
         epoch = int(metrics["epoch"])
         last = epoch >= train_config.epochs or bool(getattr(trainer, "will_stop", False))
+        seconds = clock.seconds()
         report = {**metrics, "n_params": n_params, "best_val_mae": trainer.best_val_mae, "node_id": node,
-                  "trained_on": context.label}
+                  "trained_on": context.label, TRIAL_SECONDS_KEY: seconds}
         if last:
             report[FINISHED_KEY] = True
         if _should_checkpoint(epoch, last, context):
             with tempfile.TemporaryDirectory() as d:
                 trainer.save_checkpoint(Path(d))
+                clock.save(Path(d), seconds)
                 tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(report)
@@ -142,6 +177,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     try:
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
+                clock.restore(Path(d))
                 trainer.fit(on_epoch, resume_from=Path(d))
         else:
             trainer.fit(on_epoch)
@@ -152,6 +188,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             "epoch": int(getattr(trainer, "epoch", 0)) + 1,
             "best_val_mae": float("nan"),
             "node_id": node,
+            TRIAL_SECONDS_KEY: clock.seconds(),
             ERROR_KEY: f"{type(exc).__name__}: {exc}"[:2000],
         })
 
