@@ -239,14 +239,15 @@ def status(
     workdir: Annotated[Path, typer.Argument(help="A sweep's --workdir.")] = DEFAULT_WORKDIR,
 ) -> None:
     """Where a sweep stands: trials running / completed / pruned / failed, best so far, per
-    model, dataset and split (works while the sweep runs, and after it was interrupted)."""
-    from harness.tuning.status import sweep_status
+    model, dataset and split, the searches not yet started as `pending`, and a count of searches
+    done (works while the sweep runs, and after it was interrupted)."""
+    from harness.tuning.status import stage_counts, sweep_status
 
     try:
         sweep, frame = sweep_status(workdir)
     except FileNotFoundError as exc:
         _fail(str(exc))
-    table = Table(title=f"sweep {sweep['sweep_id']} · {sweep['tracking_uri']}")
+    table = Table(title=f"sweep {sweep['sweep_id']} · {sweep['tracking_uri']}", caption=stage_counts(frame))
     for col in frame.columns:
         table.add_column(col)
     for row in frame.itertuples(index=False):

@@ -57,11 +57,27 @@ def _ctrl_c_once_trials_started(proc: subprocess.Popen, workdir: Path, searches:
     return out
 
 
+def _status(workdir: Path, env: dict) -> tuple[dict[str, list[str]], str]:
+    """`harness status` as a user reads it: {model: row cells}, and the caption under the table."""
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(workdir)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    rows = {}
+    for line in lines:
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│ ").split("│")]
+            rows[cells[0]] = cells
+    caption = next(l.strip() for l in lines if "searches done" in l)
+    return rows, caption
+
+
 def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_search(tmp_path):
     workdir = tmp_path / "w"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # two searches one after the other: the Ctrl+C comes during ridge's, before linear's starts
     proc = subprocess.Popen(
-        _sweep("--models", "ridge", "--datasets", "aflow__ael_bulk_modulus_vrh", "--subsample", "300",
+        _sweep("--models", "ridge,linear", "--datasets", "aflow__ael_bulk_modulus_vrh", "--subsample", "300",
                "--num-samples", str(TRIALS), "--max-epochs", "1", "--final-seeds", "1", "--workdir", str(workdir),
                "--num-cpus", "1", "--seed", "0"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -73,26 +89,32 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_search(tmp_path):
     assert state["stage"] == "searching", "an interrupted search must not be judged on its trials so far"
     before, _ = _trial_runs(workdir)
     assert 1 <= len(before) < TRIALS
+    rows, caption = _status(workdir, env)  # the search not yet started is listed, as pending
+    assert rows["ridge"][3] == "searching" and rows["linear"][2:4] == ["fixed", "pending"]
+    assert caption == "0 of 2 searches done · 1 pending · 1 searching"
     cut_off = {r.info.run_id for r in before if r.info.status == "RUNNING"}
     pause = 5.0
     time.sleep(pause)  # the sweep is stopped: the cut-off trial's cost must not include this
 
     done = subprocess.run(_sweep("--resume", str(workdir)), capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    (state,) = _search_states(workdir)
-    assert state["stage"] == "done" and "best_params" in state
+    states = {s["label"].split("/")[0]: s for s in _search_states(workdir)}
+    assert sorted(states) == ["linear", "ridge"] and all(s["stage"] == "done" for s in states.values())
+    assert "best_params" in states["ridge"]
+    assert _status(workdir, env)[1] == "2 of 2 searches done"
     trials, runs = _trial_runs(workdir)
-    assert len(trials) == TRIALS  # no duplicate run for a trial that was running at Ctrl+C
+    assert len(trials) == 2 * TRIALS  # no duplicate run for a trial that was running at Ctrl+C
     for r in trials:  # the time a trial ran (the leaderboards' search cost), within its run's span
         span = (r.info.end_time - r.info.start_time) / 1000
         assert 0 < r.data.metrics["trial_seconds"] <= span - (pause if r.info.run_id in cut_off else 0)
+    ridge = [r for r in trials if r.data.tags["model"] == "ridge"]
     # a classical trial cannot be pruned: the one cut off by Ctrl+C is re-run, not recorded as pruned
-    assert [r.data.tags.get("trial_state") for r in trials] == ["completed"] * TRIALS
-    assert state["trials"] == {"completed": TRIALS, "pruned": 0, "failed": 0}
-    assert {r.info.run_id for r in before} <= {r.info.run_id for r in trials}
+    assert [r.data.tags.get("trial_state") for r in ridge] == ["completed"] * TRIALS
+    assert states["ridge"]["trials"] == {"completed": TRIALS, "pruned": 0, "failed": 0}
+    assert {r.info.run_id for r in before} <= {r.info.run_id for r in ridge}
     assert not [r for r in runs if r.info.status == "RUNNING"]
     finals = [r for r in runs if r.data.tags.get("stage") == "final"]
-    assert len(finals) == 1 and finals[0].data.metrics["test_mae"] > 0
+    assert len(finals) == 2 and all(r.data.metrics["test_mae"] > 0 for r in finals)
 
 
 def _ignore_sigint() -> None:

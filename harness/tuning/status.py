@@ -9,9 +9,17 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+# Written by the sweep when it starts (and again on --resume): every search, as
+# model/dataset/split, in the order they run. Sweeps started before it existed have none.
+PLAN_FILE = "plan.json"
+PENDING = "pending"  # the stage of a planned search that has not started
+
 
 def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
-    """(sweep.json, one row per search: trials by state, best val MAE, final test MAE)."""
+    """(sweep.json, one row per search: trials by state, best val MAE, final test MAE).
+
+    Searches of the sweep's plan that have not started are rows too, at stage ``pending``.
+    """
     workdir = Path(workdir)
     path = workdir / "sweep.json"
     if not path.exists():
@@ -47,4 +55,30 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
             "final_fits": f"{len(finals)}/{len(state.get('final_runs', {}))}" if state.get("final_runs") else "0",
             "test_mae": (sum(finals) / len(finals)) if finals else None,
         })
+    rows += _pending(workdir, sweep["sweep_id"], {(r["model"], r["dataset"], r["split"]) for r in rows})
     return sweep, pd.DataFrame(rows)
+
+
+def _pending(workdir: Path, sweep_id: str, started: set[tuple[str, str, str]]) -> list[dict]:
+    path = workdir / PLAN_FILE
+    plan = json.loads(path.read_text()) if path.exists() else {}
+    if plan.get("sweep_id") != sweep_id:  # no plan, or the plan of an earlier sweep in this workdir
+        return []
+    out = []
+    for label in plan.get("searches", []):
+        model, dataset, split = (label.split("/") + ["", "", ""])[:3]
+        if (model, dataset, split) not in started:
+            out.append({"model": model, "dataset": dataset, "split": split, "stage": PENDING,
+                        "running": 0, "completed": 0, "pruned": 0, "failed": 0,
+                        "best_val_mae": None, "final_fits": "0", "test_mae": None})
+    return out
+
+
+def stage_counts(frame: pd.DataFrame) -> str:
+    """``41 of 64 searches done · 1 searching · 22 pending``: the caption of ``harness status``."""
+    if frame.empty:
+        return "no search started yet"
+    counts = frame["stage"].value_counts()
+    done = int(counts.get("done", 0))
+    rest = [f"{int(n)} {stage}" for stage, n in sorted(counts.items()) if stage != "done"]
+    return " · ".join([f"{done} of {len(frame)} searches done", *rest])

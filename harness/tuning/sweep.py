@@ -39,6 +39,7 @@ from harness.tuning import tracking
 from harness.tuning.optuna_search import ERROR_KEY, FINISHED_KEY, TruthfulOptunaSearch, make_sampler
 from harness.tuning.progress import ProgressPrinter
 from harness.tuning.space import load_space
+from harness.tuning.status import PLAN_FILE
 from harness.tuning.trial import TrialContext
 from harness.tuning.worker import FeaturesView, final_task, trial_entry
 
@@ -266,6 +267,9 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
                     features_by_kind[spec.input_kind] = _features_in_object_store(spec.input_kind, dataset, stored)
                 for split in selected_splits(dataset, opts.folds):
                     jobs.append((dataset, model, split, features_by_kind[spec.input_kind]))
+        # The whole plan, for `harness status` (which lists the searches not yet started too).
+        _write_json(workdir / PLAN_FILE, {"sweep_id": sweep_id,
+                                          "searches": [f"{m}/{d.name}/{sp.name}" for d, m, sp, _ in jobs]})
         run = lambda job: _search_and_evaluate(  # noqa: E731
             opts, sweep_id, workdir, tracking_uri, experiment_id, *job
         )
