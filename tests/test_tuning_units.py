@@ -281,3 +281,27 @@ def test_trial_clock_carries_its_seconds_through_a_checkpoint_and_not_the_pause(
     old = TrialClock()
     old.restore(tmp_path / "missing")  # a checkpoint from before the clock existed carries nothing
     assert old.carried == 0.0
+
+
+def test_a_trial_run_that_ray_lost_is_closed_as_lost_at_the_end_of_its_search(tmp_path):
+    # A driver killed between a trial's start and Ray's next snapshot: the resumed experiment
+    # does not know that trial, and its run (RUNNING) must not stay open for ever.
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from harness.tuning.tracking import TrialRunLogger, prepare_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = prepare_store(uri, tmp_path)
+    client = MlflowClient(uri)
+    parent = client.create_run(experiment).info.run_id
+    logger = TrialRunLogger(uri, experiment, parent, {"model": "ridge"}, tmp_path / "runs.json", "trial_finished")
+    kept, lost = (SimpleNamespace(trial_id=t, config={"x": 1}) for t in ("kept", "lost"))
+    runs = {t.trial_id: logger.run_id(t) for t in (kept, lost)}  # both started, both mapped
+    resumed = TrialRunLogger(uri, experiment, parent, {"model": "ridge"}, tmp_path / "runs.json", "trial_finished")
+    resumed.on_experiment_end([kept])  # Ray restored only "kept" (still running: left alone)
+    lost_run, kept_run = client.get_run(runs["lost"]), client.get_run(runs["kept"])
+    assert lost_run.info.status == "KILLED" and lost_run.data.tags["trial_state"] == "lost"
+    assert "driver was killed" in lost_run.data.tags["error"]
+    assert kept_run.info.status == "RUNNING" and kept_run.data.tags["trial_state"] == "running"

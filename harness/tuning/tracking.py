@@ -231,6 +231,26 @@ class TrialRunLogger(tune.Callback):
         self.client.set_terminated(run_id, "FAILED")
 
 
+    def on_experiment_end(self, trials, **info):
+        """Close the runs of trials this experiment no longer has.
+
+        A trial started after Ray's last experiment snapshot is not restored when a killed driver
+        resumes (Ray runs a fresh trial in its place); its run would stay RUNNING for ever and show
+        as a running trial on the pages. It is closed as KILLED, ``trial_state`` ``lost``.
+        """
+        known = {t.trial_id for t in trials}
+        for trial_id, run_id in sorted(self.runs.items()):
+            if trial_id in known or self._is_closed(trial_id, run_id):
+                continue
+            self._closed[trial_id] = True
+            self.client.log_batch(run_id, tags=[
+                RunTag("trial_state", "lost"),
+                RunTag("error", "lost when the sweep's driver was killed before Ray saved the trial; "
+                                "the resumed search ran another trial in its place"),
+            ])
+            self.client.set_terminated(run_id, "KILLED")
+
+
 def _error_text(trial) -> str:
     """The last lines of the trial's error, for the run's ``error`` tag."""
     path = getattr(trial, "error_file", None) or ""
