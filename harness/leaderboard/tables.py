@@ -210,6 +210,8 @@ def _trial_hours(trial) -> float:
     seconds = trial["metrics"].get(TRIAL_SECONDS_KEY)
     if finite(seconds):
         return float(seconds) / 3600
+    if trial["trial_state"] == "lost":  # closed at the end of the resumed search: its span is not its work
+        return math.nan
     if trial["end_time"] is None or trial["start_time"] is None or not finite(trial["end_time"]):
         return math.nan
     return (float(trial["end_time"]) - float(trial["start_time"])) / 3.6e6
@@ -320,7 +322,8 @@ def pair_result(data: SuiteData, dataset: str, model: str) -> PairResult:
         if unknown < len(trials):
             res.search_cpu_h, res.search_gpu_h = cpu, gpu
         if unknown:
-            res.cost_notes.append(f"{unknown} trial(s) without an end time or resources: not counted")
+            res.cost_notes.append(f"{unknown} trial(s) without a known running time (no end time, a lost trial "
+                                  "that reported no epoch, or no resources): not counted")
         if spans:
             res.cost_notes.append(f"{spans} trial(s) without `{TRIAL_SECONDS_KEY}` (logged since 2026-12-03) timed "
                                   "by their run's start-to-end span, which includes any time the sweep was stopped")

@@ -230,7 +230,6 @@ class TrialRunLogger(tune.Callback):
         )
         self.client.set_terminated(run_id, "FAILED")
 
-
     def on_experiment_end(self, trials, **info):
         """Close the runs of trials this experiment no longer has.
 
