@@ -3,6 +3,8 @@
     python benchmarks/phonons_accuracy.py run [--models cgcnn,alignn,crysformer,rf,dummy] [--folds 0 | all]
                                               [--epochs N] [--threads 0] [--compile]
                                               [--variant loss=mae ...]
+    python benchmarks/phonons_accuracy.py stop --models crysformer --reason "diverged" [same options as run]
+                                              # end an unfinished fit; record its best epoch, with the reason
     python benchmarks/phonons_accuracy.py report   # re-render the RESULTS.md section from the records
 
 Each model is trained with its paper-default architecture and training recipe (registry
@@ -123,13 +125,18 @@ def fold_split(ds, fold: int, train_rows: str):
 
 
 def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_model: bool, features, ds,
-            variant: dict[str, object] | None = None, interim_every: int | None = None) -> dict:
+            variant: dict[str, object] | None = None, interim_every: int | None = None,
+            stop_reason: str | None = None) -> dict:
     """Train ``name`` on one fold with its paper recipe (plus ``variant``: TrainConfig or model-config
     fields that replace the paper's), resuming its checkpoint; the record to append.
 
     ``interim_every=N``: every N epochs of an unfinished fit, record the test MAE of its best val
     epoch so far (an *interim* record, shown as "epoch k of E"; the finished fit's record replaces
-    it), so that a fit that outlives a session still leaves a figure in RESULTS.md."""
+    it), so that a fit that outlives a session still leaves a figure in RESULTS.md.
+
+    ``stop_reason``: do not train; end the unfinished fit at its checkpoint's epoch (e.g. it
+    diverged) and record its best val epoch's test MAE as final, with the reason, as early
+    stopping would have (the trainer picks the same epoch)."""
     import dataclasses
     import shutil
 
@@ -157,9 +164,13 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_model: 
     checkpoint = checkpoint_dir(name, bool(params.get("compile")), variant, fold, seed, config.epochs)
     resume = checkpoint if (checkpoint / "trainer.pt").is_file() else None
     seconds_before = 0.0
+    if stop_reason is not None and resume is None:
+        raise SystemExit(f"stop {name} fold {fold}: no unfinished fit to stop (no checkpoint in {checkpoint}); "
+                         "pass the same --variant/--epochs/--compile as the run")
     if resume is not None:
         seconds_before = float((checkpoint / "seconds").read_text()) if (checkpoint / "seconds").is_file() else 0.0
-        print(f"{name} fold {fold}: continuing from {checkpoint}", file=sys.stderr, flush=True)
+        print(f"{name} fold {fold}: {'stopping' if stop_reason else 'continuing'} the fit in {checkpoint}",
+              file=sys.stderr, flush=True)
     start = time.perf_counter()
 
     def progress(metrics: dict, trainer_: Trainer) -> None:
@@ -187,6 +198,12 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_model: 
                 "threads": torch.get_num_threads(), "hardware": hardware(),
                 "date": time.strftime("%Y-%m-%d %H:%M")}
 
+    if stop_reason is not None:
+        trainer.load_checkpoint(checkpoint)
+        record = {**record_of(trainer, trainer.evaluate_best_so_far(split.test)), "stopped": stop_reason}
+        record["minutes"] = seconds_before / 60  # training time; not the seconds spent scoring here
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        return record
     trainer.fit(progress, resume_from=resume)
     record = record_of(trainer, trainer.evaluate(split.test))
     shutil.rmtree(checkpoint, ignore_errors=True)  # the record replaces it
@@ -299,6 +316,8 @@ def render(records: list[dict]) -> str:
         epochs = "–" if r["epochs"] is None else f"{r['epochs']} ({r['best_epoch']})"
         if r.get("interim"):
             epochs = f"{r['epochs']} of {r['epochs_planned']} ({r['best_epoch']}), unfinished"
+        elif r.get("stopped"):
+            epochs = f"{r['epochs']} of {r['epochs_planned']} ({r['best_epoch']}), stopped: {r['stopped']}"
         params = "–" if r["parameters"] is None else f"{r['parameters']:,}"
         table.append(f"| {label_of(r)} | {r['fold']} | "
                      f"{r['seed']} | {params} | {epochs} | {r['val_mae']:.2f} | "
@@ -308,7 +327,8 @@ def render(records: list[dict]) -> str:
         "## matbench_phonons accuracy (`benchmarks/phonons_accuracy.py`)", "",
         "Official Matbench folds; MAE of the last phonon DOS peak in cm^-1; paper-default architectures and "
         "training recipes (300 epochs; the epochs column shows any override); the fold's val rows pick the best "
-        "epoch (an *unfinished* row is a fit still running: the best epoch so far, scored on test); "
+        "epoch (an *unfinished* row is a fit still running: the best epoch so far, scored on test; a *stopped* "
+        "row is a fit ended early by hand, for the reason given, and scored at its best val epoch); "
         "a row marked [field=value] is a `--variant` experiment that replaces that field of the recipe; "
         "[train_rows=all] trains on all of the fold's training rows and picks the epoch on a copy of the first "
         "n_test of them, as the published ALIGNN submission's script does (which also trains at batch 32 for 500 "
@@ -325,7 +345,9 @@ def render(records: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("action", choices=("run", "report"))
+    ap.add_argument("action", choices=("run", "stop", "report"),
+                    help="run: train (or continue) the fits; stop: end unfinished fits at their checkpoint "
+                         "and record their best epoch (with --reason); report: re-render RESULTS.md")
     ap.add_argument("--models", default="cgcnn,alignn,crysformer")
     ap.add_argument("--folds", default="0", help="comma-separated fold numbers, or 'all'")
     ap.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (default: 300)")
@@ -339,11 +361,15 @@ def main() -> None:
                          "config (e.g. hidden_channels=128); repeatable; recorded and shown as its own rows")
     ap.add_argument("--interim-every", type=int, default=None, metavar="N",
                     help="record the best-so-far test MAE of an unfinished fit every N epochs")
+    ap.add_argument("--reason", default=None,
+                    help="stop: why the fits end early (shown in the table), e.g. 'diverged at epoch 122'")
     ap.add_argument("--no-write", action="store_true",
                     help="print only: append no record, leave RESULTS.md alone (a trial run, e.g. to profile)")
     args = ap.parse_args()
 
-    if args.action == "run":
+    if args.action == "stop" and not args.reason:
+        raise SystemExit("stop: say why with --reason (it is shown beside the figure)")
+    if args.action in ("run", "stop"):
         import torch
 
         from harness.data import load_dataset
@@ -358,7 +384,8 @@ def main() -> None:
             features = None if name == "dummy" else featurize(get_model(name).input_kind, ds)  # cached on disk
             for fold in folds:
                 record = fit_one(name, fold, args.seed, args.epochs, args.compile, features, ds,
-                                 parse_variant(args.variant), None if args.no_write else args.interim_every)
+                                 parse_variant(args.variant), None if args.no_write else args.interim_every,
+                                 args.reason if args.action == "stop" else None)
                 if not args.no_write:
                     append_record(SECTION, record)
                 print(f"{name} fold {fold}: test MAE {record['test_mae']:.2f} cm^-1 ({record['minutes']:.0f} min)",
