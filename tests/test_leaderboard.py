@@ -496,3 +496,20 @@ def test_value_axis_is_log_only_where_the_panel_spans_more_than_20x():
     assert wide.get_yscale() == "log" and narrow.get_yscale() == "linear"
     labels = [wide.yaxis.get_major_formatter()(v, 0) for v in (50.0, 100.0, 200.0)]
     assert labels == ["50", "100", "200"]  # plain numbers, not 5 x 10^1
+
+
+def test_cost_notes_of_many_searches_are_one_line_per_kind():
+    from types import SimpleNamespace
+
+    from harness.leaderboard.render import _grouped_cost_notes
+
+    span = "trial(s) without `trial_seconds` timed by their run's span"
+    results = {("aflow", "rf"): SimpleNamespace(cost_notes=[f"4 {span}"]),
+               ("aflow", "svr"): SimpleNamespace(cost_notes=[f"3 {span}"]),
+               ("mp_bulk", "rf"): SimpleNamespace(cost_notes=[f"4 {span}", "1 final fit(s) without fit_seconds"]),
+               ("mp_bulk", "svr"): SimpleNamespace(cost_notes=[])}
+    tables = SimpleNamespace(results=results, labels={"rf": "RF", "svr": "SVR (RBF)"})
+    assert _grouped_cost_notes(tables) == [
+        f"- 11 {span}, in 3 searches (aflow: RF, SVR (RBF); mp_bulk: RF)",
+        "- mp_bulk / RF: 1 final fit(s) without fit_seconds",  # a note of one search keeps its old form
+    ]

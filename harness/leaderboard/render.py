@@ -197,6 +197,30 @@ def model_totals(t: SuiteTables, model: str) -> dict:
             "final_cpu_h": total("final_cpu_h"), "final_gpu_h": total("final_gpu_h")}
 
 
+def _grouped_cost_notes(t: SuiteTables) -> list[str]:
+    """The searches' cost notes, one line per kind of note: "4 trial(s) without …" said of 40
+    searches is one line with the total and the searches it concerns, not 40 lines."""
+    kinds: dict[str, list[tuple[str, str, int]]] = {}
+    for (dataset, model), result in sorted(t.results.items()):
+        for note in result.cost_notes:
+            count, _, rest = note.partition(" ")
+            key, n = (rest, int(count)) if count.isdigit() else (note, 0)
+            kinds.setdefault(key, []).append((dataset, t.labels[model], n))
+    lines = []
+    for text, where in kinds.items():
+        if len(where) == 1:
+            dataset, label, n = where[0]
+            lines.append(f"- {dataset} / {label}: {f'{n} ' if n else ''}{text}")
+            continue
+        by_dataset: dict[str, list[str]] = {}
+        for dataset, label, _ in where:
+            by_dataset.setdefault(dataset, []).append(label)
+        total = sum(n for _, _, n in where)
+        searches = "; ".join(f"{d}: {', '.join(labels)}" for d, labels in by_dataset.items())
+        lines.append(f"- {f'{total} ' if total else ''}{text}, in {len(where)} searches ({searches})")
+    return lines
+
+
 def _model_cost_table(t: SuiteTables) -> list[str]:
     rows = []
     for m in t.models:
@@ -289,9 +313,9 @@ def render_suite(t: SuiteTables, not_run: list[str], exports: list[tuple[str, st
     lines += _model_cost_table(t)
     lines += ["", "## Budget", ""]
     lines += _budget_table(t)
-    cost_notes = [(d, m, n) for (d, m), r in sorted(t.results.items()) for n in r.cost_notes]
-    if cost_notes:
-        lines += [""] + [f"- {d} / {t.labels[m]}: {n}" for d, m, n in cost_notes]
+    notes = _grouped_cost_notes(t)
+    if notes:
+        lines += [""] + notes
     lines += ["", "## Datasets", ""]
     for d in t.datasets:
         lines.append(f"- [{d}]({suite}/{slug(d)}.md): parity, residuals, learning curves, search trials, MAE vs cost")

@@ -325,7 +325,7 @@ def pair_result(data: SuiteData, dataset: str, model: str) -> PairResult:
             res.cost_notes.append(f"{unknown} trial(s) without a known running time (no end time, a lost trial "
                                   "that reported no epoch, or no resources): not counted")
         if spans:
-            res.cost_notes.append(f"{spans} trial(s) without `{TRIAL_SECONDS_KEY}` (logged since 2026-12-03) timed "
+            res.cost_notes.append(f"{spans} trial(s) without `{TRIAL_SECONDS_KEY}` (which trials report since 2026-12-03) timed "
                                   "by their run's start-to-end span, which includes any time the sweep was stopped")
     final_epochs = [float(m["epochs_run"]) for m in finals["metrics"] if finite(m.get("epochs_run"))]
     res.final_epochs = float(sum(final_epochs)) if final_epochs else math.nan
