@@ -236,18 +236,30 @@ def sweep(
 # ----------------------------------------------------------------------------- status
 @app.command()
 def status(
-    workdir: Annotated[Path, typer.Argument(help="A sweep's --workdir.")] = DEFAULT_WORKDIR,
+    workdir: Annotated[Path, typer.Argument(
+        help="A sweep's --workdir, or a folder of them (one summary row per sweep).")] = DEFAULT_WORKDIR,
 ) -> None:
     """Where a sweep stands: trials running / completed / pruned / failed, best so far, per
     model, dataset and split, the searches not yet started as `pending`, and a count of searches
-    done (works while the sweep runs, and after it was interrupted)."""
-    from harness.tuning.status import stage_counts, sweep_status
+    done (works while the sweep runs, and after it was interrupted). Given a folder of sweep
+    workdirs (e.g. the stages of scripts/first_leaderboard.sh), one row per sweep."""
+    from harness.tuning.status import stage_counts, sweep_dirs, sweep_status, sweeps_summary
 
+    if not (workdir / "sweep.json").exists() and sweep_dirs(workdir):
+        n = len(sweep_dirs(workdir))
+        _print_frame(sweeps_summary(workdir), title=f"{n} sweep{'s' * (n != 1)} in {workdir}",
+                     caption=f"searches of one sweep: harness status {workdir}/<sweep>")
+        return
     try:
         sweep, frame = sweep_status(workdir)
     except FileNotFoundError as exc:
         _fail(str(exc))
-    table = Table(title=f"sweep {sweep['sweep_id']} · {sweep['tracking_uri']}", caption=stage_counts(frame))
+    _print_frame(frame, title=f"sweep {sweep['sweep_id']} · {sweep['tracking_uri']}", caption=stage_counts(frame))
+
+
+def _print_frame(frame, title: str, caption: str) -> None:
+    """A DataFrame as a rich table: floats to 4 significant digits, missing values as —."""
+    table = Table(title=title, caption=caption)
     for col in frame.columns:
         table.add_column(col)
     for row in frame.itertuples(index=False):

@@ -14,6 +14,7 @@
 # pages are regenerated after every stage, so a partial leaderboard is always current (missing
 # results show as missing, never as numbers); LEADERBOARD_OUT=DIR writes them elsewhere than
 # leaderboards/ (e.g. while a new store has not yet caught up with the committed pages).
+# Progress: `harness status ~/.cache/harness/leaderboard-runs` (one row per stage started so far).
 # On a GPU the same stages run much faster: pass GPUS_PER_TRIAL=0.25 (four trials per GPU), and
 # PRECISION=bf16 (on a CPU with AMX the attention and line-graph models train 1.5-3x faster).
 set -euo pipefail

@@ -83,3 +83,23 @@ def test_status_command_counts_the_trials(failing_sweep):
     assert cells[:4] == ["crabnet", "steels_yield", "fold0", "done"]
     assert cells[4:8] == ["0", str(outcomes[0].completed), str(outcomes[0].pruned), str(outcomes[0].failed)]
     assert cells[9] == "1/1"
+
+
+def test_status_of_a_folder_of_sweeps_sums_each_sweep(failing_sweep, tmp_path):
+    workdir, outcomes = failing_sweep
+    (tmp_path / "stage-a").symlink_to(workdir, target_is_directory=True)  # as first_leaderboard.sh's stages
+    (tmp_path / "not-a-sweep").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [[c.strip() for c in line.strip("│ ").split("│")] for line in result.stdout.splitlines()
+            if line.startswith("│")]
+    assert len(rows) == 1 and "1 sweep in" in result.stdout
+    # sweep, sweep_id, searches, done, pending, in_progress, running, completed, pruned, failed, final fits
+    o = outcomes[0]
+    assert rows[0][0] == "stage-a" and rows[0][2:6] == ["1", "1", "0", "0"]
+    assert rows[0][6:] == ["0", str(o.completed), str(o.pruned), str(o.failed), "1/1"]
+    missing = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(tmp_path / "not-a-sweep")],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert missing.returncode != 0 and "neither a sweep's --workdir nor a folder of them" in missing.stderr + missing.stdout

@@ -1,4 +1,7 @@
-"""``harness status WORKDIR``: where a sweep stands, read from its state files and MLflow."""
+"""``harness status WORKDIR``: where a sweep stands, read from its state files and MLflow.
+
+``WORKDIR`` may also be a folder of sweep workdirs (the stages of ``scripts/first_leaderboard.sh``):
+then one summary row per sweep."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
     workdir = Path(workdir)
     path = workdir / "sweep.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a sweep directory")
+        raise FileNotFoundError(f"{path} not found: {workdir} is neither a sweep's --workdir nor a folder of them")
     sweep = json.loads(path.read_text())
     client = MlflowClient(sweep["tracking_uri"])
     rows = []
@@ -82,3 +85,30 @@ def stage_counts(frame: pd.DataFrame) -> str:
     done = int(counts.get("done", 0))
     rest = [f"{int(n)} {stage}" for stage, n in sorted(counts.items()) if stage != "done"]
     return " · ".join([f"{done} of {len(frame)} searches done", *rest])
+
+
+def sweep_dirs(root: Path) -> list[Path]:
+    """The sweep workdirs directly inside ``root`` (folders with a ``sweep.json``), by name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "sweep.json").is_file())
+
+
+def sweeps_summary(root: Path) -> pd.DataFrame:
+    """One row per sweep workdir in ``root``: searches by stage and trials by state, summed."""
+    rows = []
+    for workdir in sweep_dirs(root):
+        sweep, frame = sweep_status(workdir)
+        stages = frame["stage"].value_counts() if not frame.empty else pd.Series(dtype=int)
+        total = lambda col: int(frame[col].sum()) if not frame.empty else 0  # noqa: E731
+        finals = [f.split("/") for f in frame["final_fits"]] if not frame.empty else []
+        rows.append({
+            "sweep": workdir.name, "sweep_id": sweep["sweep_id"],
+            "searches": len(frame), "done": int(stages.get("done", 0)),
+            "pending": int(stages.get(PENDING, 0)),
+            "in_progress": int(len(frame) - stages.get("done", 0) - stages.get(PENDING, 0)),
+            **{state: total(state) for state in ("running", "completed", "pruned", "failed")},
+            "final_fits": f"{sum(int(f[0]) for f in finals)}/{sum(int(f[1]) for f in finals if len(f) == 2)}",
+        })
+    return pd.DataFrame(rows)
