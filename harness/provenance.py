@@ -6,6 +6,7 @@ import functools
 import platform
 import subprocess
 from importlib import metadata
+from pathlib import Path
 
 from harness import __version__
 from harness.paths import REPO_ROOT
@@ -27,18 +28,26 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+# Files that jobs running beside a sweep write into the work tree (benchmark records, the
+# committed leaderboard pages): editing them changes no run's code or config, so they do not
+# make the commit "-dirty" (which is there to flag runs made with uncommitted code).
+OUTPUTS_NOT_CODE = ("benchmarks/RESULTS.md", "benchmarks/records", "leaderboards")
+
+
 @functools.cache
-def git_commit() -> str:
-    """The repository's HEAD commit, with ``-dirty`` if tracked files changed; ``unknown`` outside git."""
+def git_commit(root: Path = REPO_ROOT) -> str:
+    """The repository's HEAD commit, with ``-dirty`` if tracked files other than generated
+    outputs (``OUTPUTS_NOT_CODE``) changed; ``unknown`` outside git."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
         ).stdout.strip()
         if not commit:
             return "unknown"
+        excluded = [f":(exclude){path}" for path in OUTPUTS_NOT_CODE]
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
+            cwd=root, capture_output=True, text=True, timeout=10,
         ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -305,3 +305,32 @@ def test_a_trial_run_that_ray_lost_is_closed_as_lost_at_the_end_of_its_search(tm
     assert lost_run.info.status == "KILLED" and lost_run.data.tags["trial_state"] == "lost"
     assert "driver was killed" in lost_run.data.tags["error"]
     assert kept_run.info.status == "RUNNING" and kept_run.data.tags["trial_state"] == "running"
+
+
+def test_git_commit_is_dirty_for_code_changes_not_for_benchmark_records(tmp_path):
+    import subprocess
+
+    from harness.provenance import git_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "benchmarks" / "records").mkdir(parents=True)
+    files = {"harness/model.py": "x = 1\n", "benchmarks/RESULTS.md": "# results\n",
+             "benchmarks/records/a.jsonl": "{}\n", "leaderboards/README.md": "# pages\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = git("rev-parse", "HEAD").strip()
+    read = git_commit.__wrapped__  # uncached
+    assert read(tmp_path) == head
+    for name in ("benchmarks/RESULTS.md", "benchmarks/records/a.jsonl", "leaderboards/README.md"):
+        (tmp_path / name).write_text("changed by a job running beside the sweep\n")
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert read(tmp_path) == head  # outputs and untracked files: the code is the commit's
+    (tmp_path / "harness" / "model.py").write_text("x = 2\n")
+    assert read(tmp_path) == head + "-dirty"
