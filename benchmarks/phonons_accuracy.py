@@ -369,6 +369,8 @@ def main() -> None:
 
     if args.action == "stop" and not args.reason:
         raise SystemExit("stop: say why with --reason (it is shown beside the figure)")
+    if args.action == "stop" and args.no_write:
+        raise SystemExit("stop --no-write would delete the fit's checkpoint and record nothing; drop --no-write")
     if args.action in ("run", "stop"):
         import torch
 
