@@ -237,6 +237,40 @@ def test_one_atom_cells_get_their_periodic_images(elastic):
     assert gr.build_crystal_graph(bcc, ties=False).edge_index.shape[1] == 12
 
 
+def test_symmetric_knn_adds_every_missing_reverse_edge_once(elastic):
+    ids, structs = small(elastic, 25)
+    grew = 0
+    for s in structs:
+        centre, nbr, images, dist = gr.neighbour_arrays(s)
+        sc, sn, si, sd = gr.neighbour_arrays(s, symmetric=True)
+        directed = {(int(i), int(j), tuple(im)) for i, j, im in zip(centre, nbr, images)}
+        both = [(int(i), int(j), tuple(im)) for i, j, im in zip(sc, sn, si)]
+        reverse = {(j, i, tuple(-np.array(im))) for i, j, im in directed}
+        assert len(both) == len(set(both))  # no edge twice
+        assert set(both) == directed | reverse  # the k-NN edges and their reverses, nothing else
+        assert (np.diff(sc) >= 0).all()  # still grouped by centre (the line graph relies on it)
+        for i, j, im, dd in list(zip(sc, sn, si, sd))[:: max(1, len(sc) // 30)]:
+            assert s.get_distance(int(i), int(j), jimage=im) == pytest.approx(dd, abs=1e-6)
+        grew += len(both) > len(directed)
+        g = gr.build_crystal_graph(s, symmetric=True)
+        assert g.edge_index.shape[1] == len(both)
+        assert torch.allclose(g.edge_vec.norm(dim=1), g.edge_length, atol=1e-4)
+    assert grew > 0  # some real structures have one-sided k-NN edges
+    # a supercell's symmetric graph: each atom has its primitive atom's neighbour distances
+    _, few = small(elastic, 6, max_sites=6)
+    for s in few:
+        sc = s.copy()
+        sc.make_supercell([1, 2, 1])
+        g, gs = gr.build_crystal_graph(s, symmetric=True), gr.build_crystal_graph(sc, symmetric=True)
+        assert per_atom_lengths(gs) == sorted(per_atom_lengths(g) * 2)
+    # a different cache file than the directed graphs', whose file name does not change
+    ds = rows_dataset(*small(elastic, 3))
+    assert gr.cache_path(ds, gr.GraphConfig(symmetric=True)) != gr.cache_path(ds, gr.GraphConfig())
+    before = gr.config_hash(ds, {"k": 12, "cutoff": 8.0, "mode": "knn", "site_env": False, "ties": True,
+                                 "format": gr.GRAPH_FORMAT})  # the fields before `symmetric` existed
+    assert gr.cache_path(ds, gr.GraphConfig()).name == f"{ds.cache_key}-{before}.pt"
+
+
 def test_line_graph_batching_offsets(elastic):
     _, structs = small(elastic, 2)
     g1, g2 = gr.build_crystal_graph(structs[0]), gr.build_crystal_graph(structs[1])

@@ -3,7 +3,9 @@ MLflow and Optuna with its reason, and the sweep goes on; `harness status` shows
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -89,17 +91,28 @@ def test_status_of_a_folder_of_sweeps_sums_each_sweep(failing_sweep, tmp_path):
     workdir, outcomes = failing_sweep
     (tmp_path / "stage-a").symlink_to(workdir, target_is_directory=True)  # as first_leaderboard.sh's stages
     (tmp_path / "not-a-sweep").mkdir()
+    # stage-b: a copy of the sweep in which one completed trial was lost (its driver was killed)
+    copy = tmp_path / "stage-b"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("ray*", "*.lock"))
+    sweep = json.loads((copy / "sweep.json").read_text())
+    sweep["tracking_uri"] = default_tracking_uri(copy)
+    (copy / "sweep.json").write_text(json.dumps(sweep))
+    client = MlflowClient(sweep["tracking_uri"])
+    lost = client.search_runs([sweep["experiment_id"]], "tags.trial_state = 'completed'", max_results=1)[0]
+    client.set_tag(lost.info.run_id, "trial_state", "lost")
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     result = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(tmp_path)],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [[c.strip() for c in line.strip("│ ").split("│")] for line in result.stdout.splitlines()
             if line.startswith("│")]
-    assert len(rows) == 1 and "1 sweep in" in result.stdout
-    # sweep, sweep_id, searches, done, pending, in_progress, running, completed, pruned, failed, final fits
+    assert len(rows) == 2 and "2 sweeps in" in result.stdout
+    # sweep, sweep_id, searches, done, pending, in_progress, running, completed, pruned, failed, lost, final fits
     o = outcomes[0]
     assert rows[0][0] == "stage-a" and rows[0][2:6] == ["1", "1", "0", "0"]
-    assert rows[0][6:] == ["0", str(o.completed), str(o.pruned), str(o.failed), "1/1"]
+    assert rows[0][6:] == ["0", str(o.completed), str(o.pruned), str(o.failed), "0", "1/1"]
+    assert rows[1][0] == "stage-b" and rows[1][6:] == ["0", str(o.completed - 1), str(o.pruned), str(o.failed), "1",
+                                                       "1/1"]
     missing = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(tmp_path / "not-a-sweep")],
                              capture_output=True, text=True, env=env, timeout=300)
     assert missing.returncode != 0 and "neither a sweep's --workdir nor a folder of them" in missing.stderr + missing.stdout

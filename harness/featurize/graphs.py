@@ -15,6 +15,10 @@ included), never from Python loops or non-periodic ``radius_graph``:
   the rest broken by (distance rounded to 1e-6 Å, neighbour index, image): deterministic, not
   invariant. A 1-atom cell gets edges to its own periodic images.
 * ``mode="radius"``: every neighbour within ``cutoff``; an atom with none is a DataError.
+* ``symmetric=True`` (off by default): also the reverse of every edge (j is among i's k nearest
+  but i not among j's: j gets the edge i -> j too), duplicates merged, as the reference ALIGNN
+  builder (``nearest_neighbor_edges`` with ``use_canonize`` + ``build_undirected_edgedata``)
+  does. An atom then aggregates from >= k neighbours. A radius graph is symmetric already.
 
 Conventions are those of :mod:`harness.featurize.graph_types` (edge j -> i: row 0 neighbour,
 row 1 centre; ``edge_vec = r_j + image·lattice − r_i``). The line graph joins every ordered pair
@@ -65,11 +69,12 @@ TIE_TOL = 1e-4  # Å: neighbours this close to the k-th distance are kept with i
 # ----------------------------------------------------------------------------- one structure
 
 
-def neighbour_arrays(structure, *, k: int = 12, cutoff: float = 8.0, mode: str = "knn", ties: bool = True):
+def neighbour_arrays(structure, *, k: int = 12, cutoff: float = 8.0, mode: str = "knn", ties: bool = True,
+                     symmetric: bool = False):
     """(centre i, neighbour j, image offsets [E,3], distances) sorted by centre, then distance.
 
-    knn: the ``k`` nearest per atom, plus those tied with the k-th when ``ties``.
-    radius: all within ``cutoff``; ValueError naming an isolated atom.
+    knn: the ``k`` nearest per atom, plus those tied with the k-th when ``ties``; ``symmetric``
+    adds the missing reverse edges. radius: all within ``cutoff``; ValueError naming an isolated atom.
     """
     n = len(structure)
     if mode == "knn":
@@ -103,7 +108,21 @@ def neighbour_arrays(structure, *, k: int = 12, cutoff: float = 8.0, mode: str =
             start = np.searchsorted(centre, np.arange(n))  # first edge of every centre
             keep = (np.arange(len(centre)) - start[centre]) < k
         centre, nbr, images, dist = centre[keep], nbr[keep], images[keep], dist[keep]
+        if symmetric:
+            centre, nbr, images, dist = _with_reverse_edges(centre, nbr, images, dist)
     return centre, nbr, images.astype(np.int64), dist
+
+
+def _with_reverse_edges(centre, nbr, images, dist):
+    """The edge set plus each edge's reverse (j's image n seen from i -> i's image -n seen from j),
+    without duplicates, in the same order as ``neighbour_arrays``'s (centre, distance, index, image)."""
+    centre, nbr = np.concatenate([centre, nbr]), np.concatenate([nbr, centre])
+    images, dist = np.concatenate([images, -images]), np.concatenate([dist, dist])
+    key = np.column_stack([centre, nbr, images.astype(np.int64)])
+    _, first = np.unique(key, axis=0, return_index=True)
+    centre, nbr, images, dist = centre[first], nbr[first], images[first], dist[first]
+    order = np.lexsort((images[:, 2], images[:, 1], images[:, 0], nbr, np.round(dist, TIE_DECIMALS), centre))
+    return centre[order], nbr[order], images[order], dist[order]
 
 
 def _kth_distances(centre: np.ndarray, dist: np.ndarray, n: int, k: int) -> np.ndarray:
@@ -113,9 +132,11 @@ def _kth_distances(centre: np.ndarray, dist: np.ndarray, n: int, k: int) -> np.n
     return dist[by_centre][start + k - 1]
 
 
-def _graph_arrays(structure, k: int, cutoff: float, mode: str, site_env: bool, ties: bool = True) -> dict:
+def _graph_arrays(structure, k: int, cutoff: float, mode: str, site_env: bool, ties: bool = True,
+                  symmetric: bool = False) -> dict:
     """Everything cached for one structure, as numpy arrays."""
-    centre, nbr, images, dist = neighbour_arrays(structure, k=k, cutoff=cutoff, mode=mode, ties=ties)
+    centre, nbr, images, dist = neighbour_arrays(structure, k=k, cutoff=cutoff, mode=mode, ties=ties,
+                                                 symmetric=symmetric)
     cart = structure.cart_coords
     vec = cart[nbr] + images @ structure.lattice.matrix - cart[centre]
     z = np.array([site.specie.Z for site in structure], dtype=np.int64)
@@ -171,10 +192,10 @@ def _to_graph(arrays: dict, line: bool) -> CrystalGraph:
 
 
 def build_crystal_graph(structure, *, k: int = 12, cutoff: float = 8.0, mode: str = "knn", ties: bool = True,
-                        line: bool = True, site_env: bool = False) -> CrystalGraph:
+                        line: bool = True, site_env: bool = False, symmetric: bool = False) -> CrystalGraph:
     """One structure -> ``CrystalGraph`` (see the module docstring for the rules)."""
     try:
-        arrays = _graph_arrays(structure, k, cutoff, mode, site_env, ties)
+        arrays = _graph_arrays(structure, k, cutoff, mode, site_env, ties, symmetric)
     except ValueError as exc:
         raise DataError(f"{structure.composition.reduced_formula}: {exc}") from None
     return _to_graph(arrays, line)
@@ -191,6 +212,7 @@ class GraphConfig:
     line_graph: bool = True
     site_env: bool = False
     ties: bool = True
+    symmetric: bool = False  # add the reverse of every k-NN edge (the reference ALIGNN's graphs)
 
     @property
     def kind(self) -> str:
@@ -200,7 +222,8 @@ class GraphConfig:
 def _safe_arrays(structure, config: GraphConfig) -> dict | str:
     """Arrays of one structure, or the error text (reported with the row's id by the caller)."""
     try:
-        return _graph_arrays(structure, config.k, config.cutoff, config.mode, config.site_env, config.ties)
+        return _graph_arrays(structure, config.k, config.cutoff, config.mode, config.site_env, config.ties,
+                             config.symmetric)
     except ValueError as exc:
         return str(exc)
 
@@ -338,7 +361,8 @@ def graph_info(config: GraphConfig) -> dict[str, Any]:
 
     # only the config: info must not depend on the rows (default_info builds models from a probe set)
     info = {"max_z": MAX_Z, "k": config.k if config.mode == "knn" else None, "cutoff": config.cutoff,
-            "mode": config.mode, "ties": config.ties, "lg": config.line_graph, "site_env": config.site_env}
+            "mode": config.mode, "ties": config.ties, "lg": config.line_graph, "site_env": config.site_env,
+            "symmetric": config.symmetric}
     if config.site_env:
         info["site_env_shape"] = (1, *SITE_ENV_SHAPE)
         info["site_env_rows"] = SITE_ENV_ROWS
@@ -364,6 +388,8 @@ def cache_path(dataset: Dataset, config: GraphConfig) -> Path:
     # line graphs are built per batch from the stored edges, never stored: a model that needs
     # none (CGCNN, SchNet) reads the same file as one that does (ALIGNN)
     fields = {k: v for k, v in config.__dict__.items() if k != "line_graph"}
+    if not config.symmetric:
+        del fields["symmetric"]  # added later: the files of every directed graph keep their names
     key = config_hash(dataset, {**fields, "format": GRAPH_FORMAT})
     return cache_dir() / "features" / config.kind / f"{dataset.cache_key}-{key}.pt"
 

@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 # model/dataset/split, in the order they run. Sweeps started before it existed have none.
 PLAN_FILE = "plan.json"
 PENDING = "pending"  # the stage of a planned search that has not started
+TRIAL_STATES = ("running", "completed", "pruned", "failed")  # a column each, always
+RARE_TRIAL_STATES = ("lost",)  # a column only where such trials exist
 
 
 def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
@@ -33,7 +35,7 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
     for state_file in sorted((workdir / "searches").glob("*.json")):
         state = json.loads(state_file.read_text())
         parent = state.get("parent_run_id")
-        counts = {"running": 0, "completed": 0, "pruned": 0, "failed": 0}
+        counts = dict.fromkeys(TRIAL_STATES, 0)
         best = math.inf
         if parent:
             children = client.search_runs(
@@ -59,7 +61,18 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
             "test_mae": (sum(finals) / len(finals)) if finals else None,
         })
     rows += _pending(workdir, sweep["sweep_id"], {(r["model"], r["dataset"], r["split"]) for r in rows})
-    return sweep, pd.DataFrame(rows)
+    return sweep, _rare_states_after_failed(pd.DataFrame(rows))
+
+
+def _rare_states_after_failed(frame: pd.DataFrame) -> pd.DataFrame:
+    """A ``lost`` column (where one exists) as counts, 0 in the other rows, right after ``failed``."""
+    rare = [state for state in RARE_TRIAL_STATES if state in frame.columns]
+    if not rare:
+        return frame
+    frame[rare] = frame[rare].fillna(0).astype(int)
+    rest = [c for c in frame.columns if c not in rare]
+    at = rest.index("failed") + 1
+    return frame[rest[:at] + rare + rest[at:]]
 
 
 def _pending(workdir: Path, sweep_id: str, started: set[tuple[str, str, str]]) -> list[dict]:
@@ -101,14 +114,16 @@ def sweeps_summary(root: Path) -> pd.DataFrame:
     for workdir in sweep_dirs(root):
         sweep, frame = sweep_status(workdir)
         stages = frame["stage"].value_counts() if not frame.empty else pd.Series(dtype=int)
-        total = lambda col: int(frame[col].sum()) if not frame.empty else 0  # noqa: E731
+        total = lambda col: int(frame[col].fillna(0).sum()) if not frame.empty else 0  # noqa: E731
         finals = [f.split("/") for f in frame["final_fits"]] if not frame.empty else []
         rows.append({
             "sweep": workdir.name, "sweep_id": sweep["sweep_id"],
             "searches": len(frame), "done": int(stages.get("done", 0)),
             "pending": int(stages.get(PENDING, 0)),
             "in_progress": int(len(frame) - stages.get("done", 0) - stages.get(PENDING, 0)),
-            **{state: total(state) for state in ("running", "completed", "pruned", "failed")},
+            **{state: total(state) for state in TRIAL_STATES},
+            # rarer states (``lost``: a trial closed by a resume after its driver was killed) only where they occur
+            **{state: total(state) for state in frame.columns if state in RARE_TRIAL_STATES},
             "final_fits": f"{sum(int(f[0]) for f in finals)}/{sum(int(f[1]) for f in finals if len(f) == 2)}",
         })
-    return pd.DataFrame(rows)
+    return _rare_states_after_failed(pd.DataFrame(rows))
