@@ -114,7 +114,7 @@ def sweeps_summary(root: Path) -> pd.DataFrame:
     for workdir in sweep_dirs(root):
         sweep, frame = sweep_status(workdir)
         stages = frame["stage"].value_counts() if not frame.empty else pd.Series(dtype=int)
-        total = lambda col: int(frame[col].fillna(0).sum()) if not frame.empty else 0  # noqa: E731
+        total = lambda col: int(frame[col].sum()) if not frame.empty else 0  # noqa: E731
         finals = [f.split("/") for f in frame["final_fits"]] if not frame.empty else []
         rows.append({
             "sweep": workdir.name, "sweep_id": sweep["sweep_id"],
