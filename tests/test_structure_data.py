@@ -271,6 +271,47 @@ def test_symmetric_knn_adds_every_missing_reverse_edge_once(elastic):
     assert gr.cache_path(ds, gr.GraphConfig()).name == f"{ds.cache_key}-{before}.pt"
 
 
+def test_chain_line_graph_is_the_directed_line_graph_of_the_symmetric_graph(elastic):
+    """line_pairs="chain": bond (u -> v) -> bond (v -> w) for every such pair, backtracking
+    included (DGL's ``line_graph``, as the reference ALIGNN), angle at v between u and w."""
+    _, structs = small(elastic, 8, max_sites=8)
+    for s in structs:
+        g = gr.build_crystal_graph(s, symmetric=True, line_pairs="chain")
+        src, dst = g.edge_index.tolist()
+        vec = g.edge_vec.double()
+        expected = {}  # written out from the definition, one pair at a time
+        for a in range(len(src)):
+            for b in range(len(src)):
+                if dst[a] == src[b]:
+                    # edge_vec points centre -> neighbour: bond a = u -> v gives v -> u = vec[a],
+                    # bond b = v -> w gives v -> w = -vec[b]
+                    cos = torch.dot(vec[a], -vec[b]) / (vec[a].norm() * vec[b].norm())
+                    expected[(a, b)] = float(torch.arccos(cos.clamp(-1, 1)))
+        pairs = list(zip(*g.lg_edge_index.tolist()))
+        assert len(pairs) == len(set(pairs)) == len(expected)
+        assert set(pairs) == set(expected)
+        got = dict(zip(pairs, g.angle.tolist()))
+        assert max(abs(got[p] - expected[p]) for p in pairs) < 1e-3
+        rev = gr.reverse_edges(*gr.neighbour_arrays(s, symmetric=True)[:3])
+        assert (rev[rev] == np.arange(len(rev))).all() and (np.array(src)[rev] == np.array(dst)).all()
+        assert max(got[(a, int(rev[a]))] for a in range(len(src))) < 1e-3  # backtracking: angle 0
+        # the centre pairs join the same bonds' angles (a -> b, a != b), without backtracking
+        centre = gr.build_crystal_graph(s, symmetric=True)
+        assert centre.lg_edge_index.shape[1] == len(expected) - len(src)
+    with pytest.raises(ValueError, match="symmetric"):
+        gr.GraphConfig(line_pairs="chain")  # a directed k-NN edge may have no reverse
+    with pytest.raises(ValueError, match="line_pairs"):
+        gr.GraphConfig(symmetric=True, line_pairs="triangle")
+    # stored per dataset (the reverse index travels in the cache file) and sliced per structure
+    ds = rows_dataset(*small(elastic, 3))
+    config = gr.GraphConfig(symmetric=True, line_pairs="chain")
+    graphs = gr.CrystalGraphs.from_dataset(ds, config, cache=False)
+    for i, s in enumerate(ds.frame["structure"]):
+        one = gr.build_crystal_graph(s, symmetric=True, line_pairs="chain")
+        assert torch.equal(graphs.graph(i).lg_edge_index, one.lg_edge_index)
+    assert gr.cache_path(ds, config) == gr.cache_path(ds, gr.GraphConfig(symmetric=True))  # pairs: per batch
+
+
 def test_line_graph_batching_offsets(elastic):
     _, structs = small(elastic, 2)
     g1, g2 = gr.build_crystal_graph(structs[0]), gr.build_crystal_graph(structs[1])

@@ -23,7 +23,8 @@ included), never from Python loops or non-periodic ``radius_graph``:
 Conventions are those of :mod:`harness.featurize.graph_types` (edge j -> i: row 0 neighbour,
 row 1 centre; ``edge_vec = r_j + image·lattice − r_i``). The line graph joins every ordered pair
 of distinct edges that share their centre atom (ALIGNN's bond-pair graph, centred on i), with the
-bond angle ``arccos(clip(cos))`` in [0, π].
+bond angle ``arccos(clip(cos))`` in [0, π]; ``line_pairs="chain"`` (symmetric graphs) joins bond
+j -> i to bond i -> k instead, DGL's directed line graph as the reference ALIGNN uses.
 
 Caching: the per-dataset arrays (atoms, edges, edge vectors, optional site environments) are
 built once, in a process pool with a progress bar, and saved as a dict of plain tensors
@@ -125,6 +126,24 @@ def _with_reverse_edges(centre, nbr, images, dist):
     return centre[order], nbr[order], images[order], dist[order]
 
 
+def reverse_edges(centre: np.ndarray, nbr: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """For every edge (j's image n -> i), the index of its reverse (i's image -n -> j).
+
+    Exact (integer atom indices and images, no distance matching); every edge must have one, as
+    in a symmetric graph.
+    """
+    keys = np.column_stack([centre, nbr, images]).astype(np.int64)
+    reverse_keys = np.column_stack([nbr, centre, -images]).astype(np.int64)
+    uniq, inverse = np.unique(np.concatenate([keys, reverse_keys]), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    edge_of_key = np.full(len(uniq), -1, dtype=np.int64)
+    edge_of_key[inverse[: len(keys)]] = np.arange(len(keys))
+    rev = edge_of_key[inverse[len(keys):]]
+    if (rev < 0).any():
+        raise ValueError(f"{int((rev < 0).sum())} edge(s) without a reverse edge: the graph is not symmetric")
+    return rev
+
+
 def _kth_distances(centre: np.ndarray, dist: np.ndarray, n: int, k: int) -> np.ndarray:
     """Per atom, the distance of its k-th nearest neighbour (every atom has >= k here)."""
     by_centre = np.lexsort((dist, centre))
@@ -143,6 +162,8 @@ def _graph_arrays(structure, k: int, cutoff: float, mode: str, site_env: bool, t
     if z.max() > MAX_Z:
         raise ValueError(f"element Z = {z.max()} beyond the models' embedding tables (Z <= {MAX_Z})")
     out = {"z": z, "src": nbr, "dst": centre, "vec": vec, "dist": dist}
+    if symmetric and mode == "knn":
+        out["rev"] = reverse_edges(centre, nbr, images)
     if site_env:
         from harness.featurize.local_env import site_environments
 
@@ -150,9 +171,16 @@ def _graph_arrays(structure, k: int, cutoff: float, mode: str, site_env: bool, t
     return out
 
 
-def line_graph(dst: np.ndarray, edge_vec: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ordered pairs (a, b), a != b, of edges with the same centre atom, and their angle.
+def line_graph(dst: np.ndarray, edge_vec: np.ndarray,
+               rev: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The line graph's edges (bond -> bond) and the angle each carries.
 
+    ``rev is None`` ("centre" pairs): every ordered pair (a, b), a != b, of bonds into the same
+    centre atom i: a = j -> i, b = k -> i; bond b aggregates the other bonds of its own centre.
+    ``rev`` given ("chain" pairs, a symmetric graph): a = j -> i to rev[b] = i -> k for every pair
+    of bonds into i, a == b included: the directed line graph (u -> v) -> (v -> w) with
+    backtracking, as DGL's ``line_graph`` that the reference ALIGNN takes. Bond i -> k then carries
+    i's angles to atom k. The angle is at i between j and k in both (0 for a == b).
     ``dst`` must be sorted (edges grouped by centre), as every graph built here is. numpy, not
     torch: on a few thousand pairs its repeat is ~10x faster than ``repeat_interleave``.
     """
@@ -161,18 +189,20 @@ def line_graph(dst: np.ndarray, edge_vec: np.ndarray) -> tuple[torch.Tensor, tor
         return torch.zeros(2, 0, dtype=torch.long), torch.zeros(0)
     _, first, deg = np.unique(dst, return_index=True, return_counts=True)
     group = np.repeat(np.arange(len(deg)), deg)  # centre group of each edge
-    per_edge = deg[group]  # every edge pairs with each edge of its group (itself dropped below)
+    per_edge = deg[group]  # every edge pairs with each edge of its group
     a = np.repeat(np.arange(len(dst)), per_edge)
     offset = np.arange(len(a)) - np.repeat(np.cumsum(per_edge) - per_edge, per_edge)
     b = first[group[a]] + offset
-    keep = a != b
-    a, b = a[keep], b[keep]
+    if rev is None:
+        keep = a != b
+        a, b = a[keep], b[keep]
     unit = edge_vec / np.maximum(np.linalg.norm(edge_vec, axis=1, keepdims=True), 1e-12)
     cos = np.einsum("ij,ij->i", unit[a], unit[b])
-    return torch.from_numpy(np.stack([a, b])), torch.from_numpy(np.arccos(np.clip(cos, -1.0, 1.0))).float()
+    target = b if rev is None else np.asarray(rev, dtype=np.int64)[b]
+    return torch.from_numpy(np.stack([a, target])), torch.from_numpy(np.arccos(np.clip(cos, -1.0, 1.0))).float()
 
 
-def _to_graph(arrays: dict, line: bool) -> CrystalGraph:
+def _to_graph(arrays: dict, line: bool, line_pairs: str = "centre") -> CrystalGraph:
     vec = torch.as_tensor(arrays["vec"], dtype=torch.float32)
     dst = torch.as_tensor(arrays["dst"], dtype=torch.long)
     g = CrystalGraph(
@@ -183,7 +213,8 @@ def _to_graph(arrays: dict, line: bool) -> CrystalGraph:
         num_nodes=len(arrays["z"]),
     )
     if line:
-        g.lg_edge_index, g.angle = line_graph(arrays["dst"], arrays["vec"])
+        rev = arrays["rev"] if line_pairs == "chain" else None
+        g.lg_edge_index, g.angle = line_graph(arrays["dst"], arrays["vec"], rev)
     if arrays.get("site_env") is not None:
         g.site_env = torch.as_tensor(arrays["site_env"], dtype=torch.float32).unsqueeze(1)  # [N, 1, 6, 11]
     if arrays.get("extra") is not None:
@@ -192,16 +223,21 @@ def _to_graph(arrays: dict, line: bool) -> CrystalGraph:
 
 
 def build_crystal_graph(structure, *, k: int = 12, cutoff: float = 8.0, mode: str = "knn", ties: bool = True,
-                        line: bool = True, site_env: bool = False, symmetric: bool = False) -> CrystalGraph:
+                        line: bool = True, site_env: bool = False, symmetric: bool = False,
+                        line_pairs: str = "centre") -> CrystalGraph:
     """One structure -> ``CrystalGraph`` (see the module docstring for the rules)."""
+    GraphConfig(k=k, cutoff=cutoff, mode=mode, symmetric=symmetric, line_pairs=line_pairs)  # validates
     try:
         arrays = _graph_arrays(structure, k, cutoff, mode, site_env, ties, symmetric)
     except ValueError as exc:
         raise DataError(f"{structure.composition.reduced_formula}: {exc}") from None
-    return _to_graph(arrays, line)
+    return _to_graph(arrays, line, line_pairs)
 
 
 # ----------------------------------------------------------------------------- a whole dataset
+
+
+LINE_PAIRS = ("centre", "chain")
 
 
 @dataclass(frozen=True)
@@ -213,6 +249,16 @@ class GraphConfig:
     site_env: bool = False
     ties: bool = True
     symmetric: bool = False  # add the reverse of every k-NN edge (the reference ALIGNN's graphs)
+    # which bond pairs the line graph joins (see ``line_graph``): "centre" (default), or "chain"
+    # (the reference ALIGNN's: DGL's directed line graph; needs symmetric=True)
+    line_pairs: str = "centre"
+
+    def __post_init__(self) -> None:
+        if self.line_pairs not in LINE_PAIRS:
+            raise ValueError(f"line_pairs={self.line_pairs!r}: expected one of {', '.join(LINE_PAIRS)}")
+        if self.line_pairs == "chain" and not (self.symmetric and self.mode == "knn"):
+            raise ValueError("line_pairs='chain' needs a symmetric k-NN graph (symmetric=True, mode='knn'): "
+                             "every bond must have its reverse")
 
     @property
     def kind(self) -> str:
@@ -281,6 +327,8 @@ def pack(results: list[dict]) -> dict[str, torch.Tensor]:
     }
     if results and "site_env" in results[0]:
         out["site_env"] = cat("site_env", torch.float32)
+    if results and "rev" in results[0]:
+        out["rev"] = cat("rev", torch.int32)  # per structure, like src/dst
     return out
 
 
@@ -340,7 +388,9 @@ class CrystalGraphs:
                   "vec": t["vec"][e0:e1], "dist": t["dist"][e0:e1]}
         if "site_env" in t:
             arrays["site_env"] = t["site_env"][a0:a1]
-        return _to_graph(arrays, self.config.line_graph)
+        if self.config.line_pairs == "chain":
+            arrays["rev"] = t["rev"][e0:e1].numpy()
+        return _to_graph(arrays, self.config.line_graph, self.config.line_pairs)
 
     def batches(self, indices: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[GraphBatch]:
@@ -362,7 +412,7 @@ def graph_info(config: GraphConfig) -> dict[str, Any]:
     # only the config: info must not depend on the rows (default_info builds models from a probe set)
     info = {"max_z": MAX_Z, "k": config.k if config.mode == "knn" else None, "cutoff": config.cutoff,
             "mode": config.mode, "ties": config.ties, "lg": config.line_graph, "site_env": config.site_env,
-            "symmetric": config.symmetric}
+            "symmetric": config.symmetric, "line_pairs": config.line_pairs}
     if config.site_env:
         info["site_env_shape"] = (1, *SITE_ENV_SHAPE)
         info["site_env_rows"] = SITE_ENV_ROWS
@@ -387,8 +437,10 @@ def config_hash(dataset: Dataset, config: dict) -> str:
 def cache_path(dataset: Dataset, config: GraphConfig) -> Path:
     # line graphs are built per batch from the stored edges, never stored: a model that needs
     # none (CGCNN, SchNet) reads the same file as one that does (ALIGNN)
-    fields = {k: v for k, v in config.__dict__.items() if k != "line_graph"}
-    if not config.symmetric:
+    fields = {k: v for k, v in config.__dict__.items() if k not in ("line_graph", "line_pairs")}
+    if config.symmetric:
+        fields["reverse_index"] = True  # symmetric files store each edge's reverse (since 2026-12-03)
+    else:
         del fields["symmetric"]  # added later: the files of every directed graph keep their names
     key = config_hash(dataset, {**fields, "format": GRAPH_FORMAT})
     return cache_dir() / "features" / config.kind / f"{dataset.cache_key}-{key}.pt"
