@@ -50,6 +50,13 @@ def hardware_legend(records: list[dict]) -> tuple[dict[str, str], str]:
     return letters, f"Machines: {legend}." if legend else ""
 
 
+def publish(section: str, body: str, write: bool = True) -> None:
+    """Print a benchmark's section, and (``write``) replace it in RESULTS.md."""
+    print(body)
+    if write:
+        write_section(section, body)
+
+
 def write_section(section: str, body: str) -> None:
     """Replace ``<!-- section:start -->…<!-- section:end -->`` in RESULTS.md (other sections kept)."""
     import fcntl

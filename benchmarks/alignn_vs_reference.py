@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import load_now, load_structures, machine, write_section  # noqa: E402
+from _results import load_now, load_structures, machine, publish  # noqa: E402
 
 SECTION = "alignn_vs_reference"
 # The reference package lives in its own venv (it pins its own torch); HARNESS_ALIGNN_PYTHON
@@ -306,9 +306,7 @@ def main() -> None:
         f"batch 64, MSE; one epoch after a warm-up batch, {args.repeats} epoch(s) per side, alternating. "
         f"CPU: {header}, {load_now()} at the end", "", *rows, "", verdict, *(f"- {x}" for x in notes if x),
         *([f"- {problem}"] if problem else []), ""])
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
+    publish(SECTION, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

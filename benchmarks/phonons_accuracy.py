@@ -21,11 +21,12 @@ all of a fold's training rows (its "val" rows are copies of the first n_test of 
 train_rows=all`` reproduces that split, so the submission's protocol runs as
     python benchmarks/phonons_accuracy.py run --models alignn --compile --variant train_rows=all \
         --variant batch_size=32 --variant epochs=500
-(on a GPU; ~10 h per fold on one CPU core). ``--variant graph=symmetric`` trains on crystal
-graphs with the reverse of every k-NN edge added, as the reference ALIGNN builds them (ours are
-directed j -> i over each atom's 12 nearest; see ``harness/models/alignn.py``), and with it
-``--variant line_pairs=chain`` joins bond j -> i to bond i -> k in the line graph (DGL's directed
-line graph, the reference's) instead of the bonds into one centre.
+(on a GPU; ~10 h per fold on one CPU core). Each model trains on the graphs its sweeps use:
+ALIGNN on the reference's (every k-NN edge and its reverse, DGL's directed line graph bond
+j -> i to i -> k; see ``harness/models/alignn.py``), the others on directed k-NN graphs
+(j -> i over each atom's 12 nearest). ``--variant graph=directed|symmetric`` and
+``--variant line_pairs=centre|chain`` choose otherwise (chain needs symmetric); a record names
+its graphs when they are not the directed centre ones.
 
 CPU cost (this is why the script is not run by the test suite): on 1 core ALIGNN and Crysformer
 take ~50 s per epoch of one fold (~4 h for 300 epochs); CGCNN takes ~1 s (1,000 epochs of a
@@ -47,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import (  # noqa: E402
-    append_record, hardware_legend, load_records, reference_rows, work_dir, write_section,
+    append_record, hardware_legend, load_records, publish, reference_rows, work_dir, write_section,
 )
 from harness.provenance import hardware  # noqa: E402
 
@@ -113,25 +114,56 @@ def checkpoint_dir(name: str, compiled: bool, variant: dict, fold: int, seed: in
             / f"{name}{'-compiled' if compiled else ''}{tag}_fold{fold}_seed{seed}_epochs{epochs}")
 
 
+GRAPH_VARIANTS = {"graph": {"directed": False, "symmetric": True}, "line_pairs": ("centre", "chain")}
+
+
+def graph_variant(input_kind: str, variant: dict[str, object]) -> dict[str, object]:
+    """``variant`` with the model's graphs written out: ``graph=symmetric, line_pairs=...`` for
+    symmetric graphs, neither key for the directed centre graphs.
+
+    So a record names its graphs whatever the model's default (ALIGNN reads the symmetric chain
+    graphs since 2026-12-04; its records from before, without the keys, read directed centre
+    ones), and a run with the default and one spelling it out share a checkpoint and a row.
+    """
+    from harness.featurize.graphs import GRAPH_KINDS
+
+    graph, pairs = variant.get("graph"), variant.get("line_pairs")
+    if graph not in (None, *GRAPH_VARIANTS["graph"]) or pairs not in (None, *GRAPH_VARIANTS["line_pairs"]):
+        raise SystemExit(f"--variant graph={graph!r} / line_pairs={pairs!r}: expected graph=directed|symmetric, "
+                         "line_pairs=centre|chain")
+    default = GRAPH_KINDS.get(input_kind)
+    if default is None or default.site_env:
+        if graph is not None or pairs is not None:
+            raise SystemExit(f"--variant graph/line_pairs: {input_kind!r} models read no crystal graphs of those "
+                             "choices; they apply to alignn, crysformer, cgcnn, schnet")
+        return dict(variant)
+    symmetric = GRAPH_VARIANTS["graph"][graph] if graph is not None else default.symmetric
+    pairs = pairs if pairs is not None else ("centre" if graph == "directed" else default.line_pairs)
+    out = {k: v for k, v in variant.items() if k not in GRAPH_VARIANTS}
+    if symmetric:  # both keys, as the records of the first symmetric runs (2026-12-03)
+        out.update(graph="symmetric", line_pairs=pairs)
+    elif pairs != "centre":
+        out["line_pairs"] = pairs  # refused by features_of: chain needs symmetric graphs
+    return out
+
+
 def features_of(input_kind: str, ds, variant: dict[str, object]):
-    """The model's features (cached on disk); ``graph=symmetric`` builds its crystal graphs with
-    the reverse of every k-NN edge added (``GraphConfig.symmetric``), ``line_pairs=chain`` their
-    line graphs as the reference ALIGNN (``GraphConfig.line_pairs``)."""
+    """The model's features (cached on disk) with the graphs ``graph_variant(input_kind, variant)``
+    names: ``graph=symmetric`` adds the reverse of every k-NN edge (``GraphConfig.symmetric``),
+    ``line_pairs=chain`` builds the line graphs as the reference ALIGNN (``GraphConfig.line_pairs``)."""
+    from dataclasses import replace
+
     from harness.featurize import featurize
+    from harness.featurize.graphs import GRAPH_KINDS, CrystalGraphs
 
-    graph, pairs = variant.get("graph", "directed"), variant.get("line_pairs", "centre")
-    if graph == "directed" and pairs == "centre":
+    default = GRAPH_KINDS.get(input_kind)
+    if default is None or default.site_env:
         return featurize(input_kind, ds)
-    if graph not in ("directed", "symmetric") or input_kind not in ("crystal_graph", "periodic_graph"):
-        raise SystemExit(f"--variant graph={graph!r}: expected 'directed' (default) or 'symmetric', "
-                         "and a crystal-graph model (alignn, crysformer, cgcnn, schnet)")
-    from harness.featurize.graphs import CrystalGraphs, GraphConfig
-
     try:
-        config = GraphConfig(k=12, line_graph=input_kind == "crystal_graph", symmetric=graph == "symmetric",
-                             line_pairs=str(pairs))
+        config = replace(default, symmetric=variant.get("graph") == "symmetric",
+                         line_pairs=str(variant.get("line_pairs", "centre")))
     except ValueError as exc:
-        raise SystemExit(f"--variant line_pairs={pairs!r}: {exc}") from None
+        raise SystemExit(f"--variant line_pairs={variant.get('line_pairs')!r}: {exc}") from None
     return CrystalGraphs.from_dataset(ds, config)
 
 
@@ -413,10 +445,11 @@ def main() -> None:
         folds = list(range(5)) if args.folds == "all" else [int(f) for f in args.folds.split(",")]
         variant = parse_variant(args.variant)
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            features = None if name == "dummy" else features_of(get_model(name).input_kind, ds, variant)
+            model_variant = variant if name == "dummy" else graph_variant(get_model(name).input_kind, variant)
+            features = None if name == "dummy" else features_of(get_model(name).input_kind, ds, model_variant)
             for fold in folds:
                 record = fit_one(name, fold, args.seed, args.epochs, args.compile, features, ds,
-                                 variant, None if args.no_write else args.interim_every,
+                                 model_variant, None if args.no_write else args.interim_every,
                                  args.reason if args.action == "stop" else None)
                 if not args.no_write:
                     append_record(SECTION, record)
@@ -425,9 +458,7 @@ def main() -> None:
                 if not args.no_write:
                     write_section(SECTION, render(load_records(SECTION, KEY)))
     body = render(load_records(SECTION, KEY))
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
+    publish(SECTION, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

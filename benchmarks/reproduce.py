@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import append_record, hardware_legend, load_records, reference_rows, write_section  # noqa: E402
+from _results import append_record, hardware_legend, load_records, reference_rows, publish, write_section  # noqa: E402
 from harness.provenance import hardware  # noqa: E402
 
 SECTION = "reproduce"
@@ -221,9 +221,7 @@ def main() -> None:
                     append_record(SECTION, record)
                     write_section(SECTION, render(load_records(SECTION, KEY)))
     body = render(load_records(SECTION, KEY))
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
+    publish(SECTION, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, write_section  # noqa: E402
+from _results import machine, publish  # noqa: E402
 
 COMPOSITION_KINDS = ("composition_tokens", "element_fractions", "magpie")
 INFER_BATCH = 256
@@ -188,9 +188,7 @@ def main() -> None:
     for what, seconds, note in feat_rows:
         lines.append(f"| {what} | {seconds:.3f} | {n_rows / seconds:,.0f} | {note} |")
     body = "\n".join(lines) + "\n"
-    print(body)
-    if not args.no_write:
-        write_section(f"throughput_composition_{device.type}", body)
+    publish(f"throughput_composition_{device.type}", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -431,6 +431,34 @@ def test_crystal_graphs_cached_and_batched(elastic, tmp_path, monkeypatch):
                                            ds.splits, sha256="c"))
 
 
+def test_alignn_chain_graphs_cached_apart_and_read_back_exactly(elastic, tmp_path, monkeypatch):
+    """ALIGNN's input kind (symmetric edges + directed line graph) is a cache file of its own,
+    whose stored reverse index gives, read back, the same line graphs as a fresh build; it is not
+    shared with the directed graphs' kinds (other edges), in either direction."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    ds = elastic.subsample(60, seed=2)
+    fresh = gr.CrystalGraphs.from_dataset(ds, gr.GRAPH_KINDS["crystal_graph_chain"], cache=False)
+    first = featurize("crystal_graph_chain", ds)
+    with monkeypatch.context() as patch:
+        patch.setattr(gr, "build_arrays", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built again")))
+        cached = featurize("crystal_graph_chain", ds)
+    assert cached.info["symmetric"] and cached.info["line_pairs"] == "chain" and cached.info["lg"]
+    assert torch.equal(cached.tensors["rev"], fresh.tensors["rev"]) and first.tensors.keys() == fresh.tensors.keys()
+    for i in (0, 17, 59):
+        a, b = cached.graph(i), fresh.graph(i)
+        assert torch.equal(a.lg_edge_index, b.lg_edge_index) and torch.equal(a.angle, b.angle)
+        # every bond's reverse is in the graph: the reverse index is an involution from src to dst
+        rev = cached.tensors["rev"][cached._edge_ptr[i]:cached._edge_ptr[i + 1]].long()
+        assert torch.equal(rev[rev], torch.arange(len(rev))) and torch.equal(a.edge_index[0][rev], a.edge_index[1])
+    directed = featurize("crystal_graph", ds)
+    assert len(list((tmp_path / "features").rglob("*.pt"))) == 2
+    assert directed.tensors["n_edges"].sum() < cached.tensors["n_edges"].sum()
+    for kind in ("crystal_graph", "periodic_graph", "crystal_graph_lern"):
+        assert cached.as_kind(kind) is None, kind
+    assert directed.as_kind("crystal_graph_chain") is None
+    assert cached.as_kind("crystal_graph_chain").info == cached.info
+
+
 def test_magpie_structure_attributes(elastic, tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     f = elastic.frame[[len(s) <= 2 for s in elastic.frame["structure"]]].head(4)

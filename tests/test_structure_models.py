@@ -19,7 +19,7 @@ from torch_geometric.data import Batch
 
 from harness.data.dataset import Split
 from harness.featurize.graph_types import CrystalGraph, GraphBatch
-from harness.featurize.graphs import CrystalGraphs, GraphConfig, build_arrays, build_crystal_graph
+from harness.featurize.graphs import GRAPH_KINDS, CrystalGraphs, GraphConfig, build_arrays, build_crystal_graph
 from harness.models import get_model, model_groups
 from harness.paths import data_dir
 from harness.training import TrainConfig, Trainer, n_parameters, seed_everything
@@ -65,19 +65,29 @@ def _load_structures(n: int, max_sites: int = 8) -> tuple[list[Structure], np.nd
     return structures, np.asarray(targets, dtype=np.float64)
 
 
-def _graph(structure: Structure, lern: bool = False, dtype: torch.dtype = torch.float32) -> CrystalGraph:
-    """The shared featurizer's crystal graph (k = 12, ties kept, line graph, site environments)."""
-    graph = build_crystal_graph(structure, k=12, site_env=lern)
+def _kind_config(name: str) -> GraphConfig:
+    """The graphs model ``name`` reads in a sweep (its input kind's), with site environments: the
+    fields every directed-graph model reads (LERN's included), so one set serves them all."""
+    config = GRAPH_KINDS[get_model(name).input_kind]
+    return config if config.symmetric else dataclasses.replace(config, site_env=True)
+
+
+def _graph(structure: Structure, name: str, dtype: torch.dtype = torch.float32) -> CrystalGraph:
+    """The featurizer's crystal graph of ``structure`` as model ``name`` reads it (k = 12, ties kept)."""
+    c = _kind_config(name)
+    graph = build_crystal_graph(structure, k=c.k, site_env=c.site_env, symmetric=c.symmetric, line=c.line_graph,
+                                line_pairs=c.line_pairs)
     for key in ("edge_vec", "edge_length", "angle", "site_env"):
         if getattr(graph, key, None) is not None:
             setattr(graph, key, getattr(graph, key).to(dtype))
     return graph
 
 
-def _features(structures: list[Structure]) -> CrystalGraphs:
-    """The featurizer's ``Features`` (the trainer's batch protocol) over these structures."""
-    config = GraphConfig(k=12, line_graph=True, site_env=True)
-    return CrystalGraphs(build_arrays(structures, [str(i) for i in range(len(structures))], config), config)
+def _features(real, name: str) -> CrystalGraphs:
+    """The featurizer's ``Features`` (the trainer's batch protocol) of the ``real`` crystals as
+    model ``name`` reads them: one store of directed graphs, one of symmetric graphs (ALIGNN's)."""
+    config = _kind_config(name)
+    return CrystalGraphs(real[2][config.symmetric], config)
 
 
 def _batch(graphs: list[CrystalGraph]) -> GraphBatch:
@@ -105,16 +115,22 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def real() -> tuple[list[Structure], np.ndarray, CrystalGraphs]:
-    """40 real crystals (<= 8 sites) from matbench_phonons, their targets (cm^-1) and graphs."""
+    """40 real crystals (<= 8 sites) from matbench_phonons, their targets (cm^-1) and graph
+    tensors {symmetric: tensors} (read them with ``_features(real, name)``)."""
     structures, targets = _load_structures(40)
-    return structures, targets, _features(structures)
+    ids = [str(i) for i in range(len(structures))]
+    stores = {symmetric: build_arrays(structures, ids, _kind_config(name))
+              for symmetric, name in ((False, "cgcnn"), (True, "alignn"))}
+    return structures, targets, stores
 
 
 # ------------------------------------------------------------------------------- tests
 
 
 def test_registry_group_and_spaces() -> None:
-    from harness.models.registry import CRYSTAL_GRAPH, CRYSTAL_GRAPH_LERN, MAGPIE_STRUCTURE, PERIODIC_GRAPH
+    from harness.models.registry import (
+        CRYSTAL_GRAPH, CRYSTAL_GRAPH_CHAIN, CRYSTAL_GRAPH_LERN, MAGPIE_STRUCTURE, PERIODIC_GRAPH,
+    )
     from harness.tuning.space import load_space
 
     assert set(model_groups()["all-structure"]) >= {
@@ -122,7 +138,8 @@ def test_registry_group_and_spaces() -> None:
     }
     kinds = {name: get_model(name).input_kind for name in model_groups()["all-structure"]}
     assert kinds["lern"] == CRYSTAL_GRAPH_LERN
-    assert kinds["crysformer"] == kinds["alignn"] == CRYSTAL_GRAPH  # they read the line graph's angles
+    assert kinds["crysformer"] == CRYSTAL_GRAPH  # they read the line graph's angles; ALIGNN the reference's
+    assert kinds["alignn"] == CRYSTAL_GRAPH_CHAIN  # (symmetric edges, bond j->i feeds bond i->k)
     assert kinds["cgcnn"] == kinds["schnet"] == PERIODIC_GRAPH
     assert kinds["irnet17_structure"] == kinds["irnet48_structure"] == MAGPIE_STRUCTURE
     for name in model_groups()["all-structure"]:
@@ -196,7 +213,7 @@ def test_parameter_counts_of_paper_defaults() -> None:
 
 @pytest.mark.parametrize("name", GRAPH_MODELS)
 def test_forward_shape_paper_default(real, name: str) -> None:
-    _, _, features = real
+    features = _features(real, name)
     model = _build(name)
     batch = _batch([features.graph(i) for i in range(8)])
     model.train()
@@ -223,7 +240,7 @@ def test_no_subnormal_floats_enter_linear_layers(real, name: str) -> None:
     """A Gaussian basis far from its centres reaches float32's subnormal range, and every x86
     multiply-add on a subnormal takes a slow path (CGCNN and SchNet trained 3.5-5x slower): the
     basis tails are cut to 0, so no Linear layer sees a subnormal input on real crystals."""
-    _, _, features = real
+    features = _features(real, name)
     model = _build(name)
     tiny = torch.finfo(torch.float32).tiny
     seen: dict[str, int] = {}
@@ -257,12 +274,12 @@ def test_invariance_rotation_translation_supercell(real, name: str) -> None:
     # a few training-mode passes give BatchNorm non-trivial running statistics
     model.train()
     with torch.no_grad():
-        model(_batch([_graph(s, lern=True, dtype=torch.float64) for s in picks]))
+        model(_batch([_graph(s, name, dtype=torch.float64) for s in picks]))
     model.eval()
 
     def predict(variants: list[Structure]) -> torch.Tensor:
         with torch.no_grad():
-            return model(_batch([_graph(s, lern=True, dtype=torch.float64) for s in variants]))
+            return model(_batch([_graph(s, name, dtype=torch.float64) for s in variants]))
 
     reference = predict(picks)
     rot = _rotation(1)
@@ -278,7 +295,7 @@ def test_invariance_rotation_translation_supercell(real, name: str) -> None:
 @pytest.mark.parametrize("name", ["crysformer", "alignn"])
 def test_batching_matches_single_graphs(real, name: str) -> None:
     """Line graphs batch correctly: each structure alone gives what it gets inside a batch."""
-    _, _, features = real
+    features = _features(real, name)
     model = _build(name, small=True).eval()
     graphs = [features.graph(i) for i in range(5)]
     with torch.no_grad():
@@ -309,7 +326,7 @@ OVERFIT = {  # epochs and optimizer overrides for the small models
 
 @pytest.mark.parametrize("name", GRAPH_MODELS)
 def test_overfits_32_real_structures(real, name: str) -> None:
-    _, targets, features = real
+    targets, features = real[1], _features(real, name)
     settings = dict(OVERFIT[name])
     trainer = _trainer(features, targets, name, val_on_train=True, **settings)
     history = trainer.fit().history
@@ -323,7 +340,7 @@ def test_overfits_32_real_structures(real, name: str) -> None:
 
 @pytest.mark.parametrize("name", GRAPH_MODELS)
 def test_deterministic_under_seed(real, name: str) -> None:
-    _, targets, features = real
+    targets, features = real[1], _features(real, name)
     histories, predictions = [], []
     for _ in range(2):
         trainer = _trainer(features, targets, name, epochs=2, seed=7)
@@ -334,7 +351,7 @@ def test_deterministic_under_seed(real, name: str) -> None:
 
 
 def test_lern_needs_site_environments(real) -> None:
-    _, _, features = real
+    features = _features(real, "lern")
     graph = features.graph(0)
     del graph.site_env
     with pytest.raises(ValueError, match="site_env"):
@@ -357,7 +374,7 @@ def test_irnet_structure_reuses_irnet_on_wider_input() -> None:
 def test_compiled_matches_eager(real, name: str) -> None:
     """``compile=True`` (torch.compile of each graph convolution / layer) changes no arithmetic."""
     pytest.importorskip("torch._inductor")
-    _, _, features = real
+    features = _features(real, name)
     batch = _batch([features.graph(i) for i in range(6)])
     models = []
     for compiled in (False, True):
@@ -388,7 +405,7 @@ def test_bf16_mixed_precision_overfits_and_predicts_like_fp32(real, name: str) -
     learns as in fp32 (the overfit test's bounds); its predictions are float32 (equal to those of
     an fp32 trainer with the same weights), and bf16 inference would be within 5% of the
     targets' spread of them."""
-    _, targets, features = real
+    targets, features = real[1], _features(real, name)
     trainer = _trainer(features, targets, name, val_on_train=True, precision="bf16", **OVERFIT[name])
     dtypes: set[torch.dtype] = set()
     hooks = [m.register_forward_hook(lambda module, args, out: dtypes.add(out.dtype) if module.training else None)

@@ -227,7 +227,11 @@ def test_graph_kinds_that_read_the_same_tensors_are_stored_once(tmp_path, monkey
         assert ray.get(remote.remote(line)) == (True, edges, True)
         # LERN's site environments are a different stored field set: a copy of its own
         assert isinstance(_features_in_object_store("crystal_graph_lern", dataset, stored), ray.ObjectRef)
-        assert list(stored) == ["crystal_graph", "crystal_graph_lern"]
+        # ALIGNN's symmetric graphs are other edges: a copy of their own too
+        chain = _features_in_object_store("crystal_graph_chain", dataset, stored)
+        assert isinstance(chain, ray.ObjectRef) and list(stored) == ["crystal_graph", "crystal_graph_lern",
+                                                                     "crystal_graph_chain"]
+        assert ray.get(remote.remote(chain))[::2] == (True, True)
     finally:
         ray.shutdown()
         os.environ.pop("RAY_worker_niceness", None)

@@ -19,26 +19,27 @@ def _structure_kind(kind: str) -> Callable[[Dataset], Features]:
     """Structure featurizers import torch_geometric and matminer (seconds): only when used."""
 
     def featurizer(dataset: Dataset) -> Features:
-        from harness.featurize.graphs import CrystalGraphs, GraphConfig
+        from harness.featurize.graphs import GRAPH_KINDS, CrystalGraphs
         from harness.featurize.structure_attributes import MagpieStructureFeatures
 
         if kind == "magpie_structure":
             return MagpieStructureFeatures.from_dataset(dataset)
-        return CrystalGraphs.from_dataset(dataset, GraphConfig(k=12, line_graph=kind == "crystal_graph",
-                                                               site_env=kind == "crystal_graph_lern"))
+        return CrystalGraphs.from_dataset(dataset, GRAPH_KINDS[kind])
 
     featurizer.__name__ = f"featurize_{kind}"
     return featurizer
 
 
-STRUCTURE_KINDS = ("crystal_graph", "periodic_graph", "crystal_graph_lern", "magpie_structure")
+STRUCTURE_KINDS = ("crystal_graph", "periodic_graph", "crystal_graph_chain", "crystal_graph_lern", "magpie_structure")
 
 FEATURIZERS: dict[str, Callable[[Dataset], Features]] = {
     "composition_tokens": CompositionTokens.from_dataset,
-    # structure kinds: graph + line graph (k = 12), the graph alone, graph + LERN site environments,
-    # 145 + 128 attributes. crystal_graph and periodic_graph read one cached file per dataset.
+    # structure kinds (graphs.GRAPH_KINDS): graph + line graph (k = 12), the graph alone, the
+    # symmetric graph + directed line graph (ALIGNN's), graph + LERN site environments, 145 + 128
+    # attributes. crystal_graph and periodic_graph read one cached file per dataset.
     "crystal_graph": _structure_kind("crystal_graph"),
     "periodic_graph": _structure_kind("periodic_graph"),
+    "crystal_graph_chain": _structure_kind("crystal_graph_chain"),
     "crystal_graph_lern": _structure_kind("crystal_graph_lern"),
     "magpie_structure": _structure_kind("magpie_structure"),
     "magpie": MagpieFeatures.from_dataset,

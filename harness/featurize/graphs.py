@@ -45,7 +45,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Iterator
@@ -262,7 +262,18 @@ class GraphConfig:
 
     @property
     def kind(self) -> str:
+        """The cache folder's name (and the word in error messages)."""
         return "crystal_graph_lern" if self.site_env else "crystal_graph"
+
+
+# Input kind (harness/models/registry.py) -> the graphs it reads.
+GRAPH_KINDS: dict[str, GraphConfig] = {
+    "crystal_graph": GraphConfig(k=12),  # directed k-NN graph + centre line graph (Crysformer)
+    "periodic_graph": GraphConfig(k=12, line_graph=False),  # the same graph, no line graph (CGCNN, SchNet)
+    "crystal_graph_lern": GraphConfig(k=12, line_graph=False, site_env=True),  # + site environments (LERN)
+    # the reference ALIGNN's graphs: every k-NN bond and its reverse, DGL's directed line graph (ALIGNN)
+    "crystal_graph_chain": GraphConfig(k=12, symmetric=True, line_pairs="chain"),
+}
 
 
 def _safe_arrays(structure, config: GraphConfig) -> dict | str:
@@ -372,13 +383,20 @@ class CrystalGraphs:
     def as_kind(self, kind: str) -> "CrystalGraphs | None":
         """These stored graphs read as input kind ``kind``, sharing the tensors; None if they can't be.
 
-        ``crystal_graph`` and ``periodic_graph`` store the same fields (line graphs are built per
-        batch), so one copy serves ALIGNN/Crysformer and CGCNN/SchNet in the same sweep.
+        Line graphs are built per batch, never stored, so graphs that differ only in the line
+        graph share one copy: ``crystal_graph`` and ``periodic_graph`` (Crysformer and CGCNN/SchNet
+        in the same sweep). The symmetric graphs of ``crystal_graph_chain`` (ALIGNN) are other
+        edges, and LERN's site environments another field set: copies of their own.
         """
-        if self.config.site_env or kind not in ("crystal_graph", "periodic_graph"):
+        target = GRAPH_KINDS.get(kind)
+        if target is None or self.config.site_env or target.site_env:
             return None
-        config = replace(self.config, line_graph=kind == "crystal_graph")
-        return CrystalGraphs(self.tensors, config, graph_info(config))
+        stored = lambda c: {k: v for k, v in c.__dict__.items() if k not in ("line_graph", "line_pairs")}  # noqa: E731
+        if stored(target) != stored(self.config):
+            return None
+        if target.line_pairs == "chain" and "rev" not in self.tensors:
+            return None
+        return CrystalGraphs(self.tensors, target, graph_info(target))
 
     def graph(self, i: int) -> CrystalGraph:
         a0, a1 = self._atom_ptr[i], self._atom_ptr[i + 1]

@@ -8,7 +8,8 @@ Dwivedi et al., "Benchmarking Graph Neural Networks" (arXiv:2003.00982) / Bresso
 (arXiv:1711.07553).
 
 Inputs (``CrystalGraph``): atoms ``i`` with atomic number ``Z_i``; bonds ``j -> i`` with length
-``d_ij``; angles ``(a, b)`` between two bonds sharing a centre atom, ``theta_ab``.
+``d_ij``; angles ``(a, b)`` between consecutive bonds ``a = j -> i`` and ``b = i -> k``, ``theta_ab``
+(the angle j-i-k at ``i``).
 
     x_i   = MLP(c(Z_i))                      c: CGCNN 92-d atom features; MLP = Linear-BN-SiLU
     y_ij  = MLP(MLP(RBF_80(d_ij; 0..8 A)))   80 -> 64 -> 256
@@ -28,23 +29,20 @@ Defaults = the reference ``ALIGNNConfig``: 4 ALIGNN + 4 GCN layers, hidden 256, 
 80 edge / 40 angle RBF bins: 4,026,753 parameters, exactly as the reference package counts.
 
 Adapted / implementation notes:
-- Graph and line graph come from the shared featurizer: k = 12 nearest periodic neighbours
-  (ties at the k-th distance kept), directed edges ``j -> i`` for every centre (the reference's
-  builder also adds the reverse of every edge), and angle pairs of two distinct bonds into the
-  same centre (the reference takes DGL's ``line_graph`` of its symmetrised graph, which also
-  pairs a bond with its own reverse: a zero angle, carrying no geometry; we leave those out).
-  ``GraphConfig(symmetric=True)`` builds the reference's edge set (the k-NN edges plus the reverse
-  of each, once); on matbench_phonons that is 5.2 % more edges (13.85 vs 13.17 per atom) and
-  11.5 % more angle pairs. Sweeps use the directed graphs; ``benchmarks/phonons_accuracy.py
-  --variant graph=symmetric`` trains on the symmetric ones.
-  ``cos theta`` is computed from the featurizer's angle, as the reference's ``bond_cosine``.
-- Which bond the line graph updates: here (``line_pairs="centre"``) bond k -> i aggregates the
-  other bonds into i, so the angles around i reach atom i itself. The reference's DGL line graph
-  joins bond j -> i to bond i -> k (and to its own reverse i -> j, angle 0): the angles around i
-  travel on the outgoing bond i -> k to the neighbour k, one hop further per layer.
-  ``GraphConfig(symmetric=True, line_pairs="chain")`` builds exactly that line graph (1.08x the
-  pairs of the symmetric centre graph on matbench_phonons: 1,867,858 vs 1,736,002); the model
-  code is the same, only ``lg_edge_index`` differs.
+- Graphs (input kind ``crystal_graph_chain``, ``GraphConfig(symmetric=True, line_pairs="chain")``):
+  the reference's. k = 12 nearest periodic neighbours (ties at the k-th distance kept) as
+  directed bonds ``j -> i``, plus the reverse of each bond, once (the reference's builder
+  symmetrises its k-NN graph): 13.85 bonds per atom on matbench_phonons instead of 13.17. The
+  line graph is DGL's directed line graph of that graph (the reference's ``g.line_graph(shared=
+  True)``): bond ``j -> i`` feeds bond ``i -> k``, its own reverse ``i -> j`` included (angle 0),
+  so the angles around ``i`` travel on the outgoing bond to the neighbour ``k``, one hop further
+  per layer. ``cos theta`` is computed from the featurizer's angle, as the reference's
+  ``bond_cosine``. Until 2026-12-04 ALIGNN read the directed graph and the "centre" line graph
+  that Crysformer reads (bond ``k -> i`` aggregates the other bonds into ``i``: the angles
+  around ``i`` reach ``i`` itself). On matbench_phonons fold 0 (40 epochs of the published
+  protocol, fp32, both on the symmetric edges) the chain line graph gave 50.73 vs 60.73 cm^-1
+  (seed 0) and 56.33 vs 63.27 (seed 1): the reason it is the default. The model code does not depend
+  on the choice; only ``lg_edge_index`` differs.
 - The paper describes the line-graph update first; the reference code (and this file) runs the
   atom-graph EGGC first and feeds its bond output ``m`` to the line graph. Same parameters.
 - Efficiency (the reference runs on DGL or on gather/scatter in pure torch): the four node-side
@@ -56,12 +54,15 @@ Adapted / implementation notes:
   arithmetic in fused kernels, ~1.5x faster training steps on CPU here after ~10-20 s of
   compilation per process (an earlier measurement); in bf16 at batch 32 on matbench_phonons
   (1 thread, interleaved with eager steps, 2026-12-03) only 1.06x (2.56 -> 2.41 s per step):
-  worth it for long fp32 runs, marginal in bf16, not for short ASHA trials.
+  worth it for long fp32 runs, marginal in bf16, not for short ASHA trials. Allocation matters
+  more on CPU: under glibc's defaults every step unmapped and re-faulted its large activations
+  (eager fp32, batch 32: 5.9 s per step, 46 % of it system time); the trainer's allocator
+  setting (``harness/training/allocator.py``) makes it 2.8 s (``benchmarks/cpu_allocator.py``).
 - Accuracy measured here (``benchmarks/phonons_accuracy.py``, RESULTS.md): matbench_phonons fold 0
   under the published submission's protocol (all training rows, batch 32, 500 epochs one-cycle;
   bf16, one CPU core, 9.7 h) gives 41.22 cm^-1 against that submission's 33.41 on the same fold:
-  not matched. The training rows reach 2.2, so the gap is in generalisation; the directed graph
-  above (5 % fewer edges) and bf16 are the known differences, neither yet tested at 500 epochs.
+  not matched. The training rows reach 2.2, so the gap is in generalisation; that run read the
+  directed centre graphs (see above) in bf16.
 - The recipe is the reference's ``TrainingConfig`` defaults: AdamW, lr 1e-3, weight decay 1e-5,
   batch 64, MSE, 300 epochs, one-cycle LR (the shared trainer's ``onecycle``, torch's
   ``OneCycleLR``). Until 2026-12 the trainer had no one-cycle schedule and
@@ -79,7 +80,7 @@ from torch import Tensor, nn
 
 from harness.featurize.graph_types import GraphBatch
 from harness.models.blocks_graph import ElementTable, RBFExpansion, cgcnn_atom_features, graph_sizes, scatter_mean
-from harness.models.registry import CRYSTAL_GRAPH, ModelSpec, register
+from harness.models.registry import CRYSTAL_GRAPH_CHAIN, ModelSpec, register
 
 
 @dataclass
@@ -270,7 +271,7 @@ PAPER = "Choudhary & DeCost, npj Comput. Mater. 7, 185 (2021), doi:10.1038/s4152
 ALIGNN_SPEC = register(
     ModelSpec(
         name="alignn",
-        input_kind=CRYSTAL_GRAPH,
+        input_kind=CRYSTAL_GRAPH_CHAIN,
         config_cls=ALIGNNConfig,
         build=build_alignn,
         train_defaults=ALIGNN_TRAINING,

@@ -15,8 +15,10 @@ from typing import Any, Callable
 COMPOSITION_TOKENS = "composition_tokens"  # element indices + fractions, padded (CrabNet, L-G-DCNN, Roost)
 ELEMENT_FRACTIONS = "element_fractions"  # fixed-length vector of element fractions (ElemNet)
 MAGPIE = "magpie"  # 145 Magpie/Ward-2016 attributes (IRNet, classical)
-CRYSTAL_GRAPH = "crystal_graph"  # periodic k-NN graph + line graph with bond angles (ALIGNN, Crysformer)
+CRYSTAL_GRAPH = "crystal_graph"  # periodic k-NN graph + line graph with bond angles (Crysformer)
 PERIODIC_GRAPH = "periodic_graph"  # the same periodic k-NN graph, no line graph (CGCNN, SchNet)
+# every k-NN bond and its reverse + DGL's directed line graph, bond j->i to i->k (ALIGNN, as its reference)
+CRYSTAL_GRAPH_CHAIN = "crystal_graph_chain"
 CRYSTAL_GRAPH_LERN = "crystal_graph_lern"  # crystal graph + per-site 6x11 local-environment matrices (LERN)
 MAGPIE_STRUCTURE = "magpie_structure"  # 145 Magpie + Ward-2017 structure attributes (IRNet-with-structure)
 

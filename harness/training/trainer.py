@@ -53,6 +53,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 
 from harness.data.dataset import Split
 from harness.featurize.base import Features
+from harness.training.allocator import keep_freed_memory
 from harness.training.config import TrainConfig, crabnet_batch_size
 from harness.training.losses import compute_loss, point_prediction
 from harness.training.metrics import regression_metrics
@@ -203,6 +204,8 @@ class Trainer:
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
         warn_if_bf16_is_emulated(config, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # steps reuse their activations' memory instead of faulting it in again
 
         self.targets = np.asarray(targets, dtype=np.float64)
         self.scaler = TargetScaler.fit(self.targets[split.train]) if config.scale_target else TargetScaler()
