@@ -5,8 +5,9 @@ with a fresh ``mmap`` and gives it back with ``munmap`` on free. A training step
 frees the same large activations every step, so each step faults them in again page by page:
 the ALIGNN runs on matbench_phonons spent ~21 % of their CPU time in the kernel for that. Two
 ``mallopt`` settings serve large blocks from the heap and keep what is freed for the next step
-(the advice of PyTorch's CPU performance guide, which reaches it through jemalloc/tcmalloc
-``LD_PRELOAD``; those need a system package and a restart, this needs neither).
+(the CPU tuning guides of Intel's extension for PyTorch and of DGL get the same effect from
+tcmalloc/jemalloc through ``LD_PRELOAD``; those need a system package and a restart, this
+needs neither).
 Measured by ``benchmarks/cpu_allocator.py``.
 """
 
