@@ -91,6 +91,9 @@ def load_structures(dataset: str, n: int, seed: int = 0):
     """A seeded sample of ``n`` rows of a structure dataset of the catalog (all rows if fewer)."""
     from harness.data import load_dataset
 
+    # the first load on a machine parses every structure of the dataset (mp_2018_subset: 36,737 CIFs,
+    # ~20 CPU-minutes) and caches them; the progress bar does not show when stderr is not a terminal
+    print(f"loading {dataset} (the first load parses and caches every structure)", file=sys.stderr, flush=True)
     ds = load_dataset(dataset)
     return ds.subsample(n, seed=seed) if n < len(ds) else ds
 
