@@ -30,8 +30,9 @@ its graphs when they are not the directed centre ones.
 
 CPU cost (this is why the script is not run by the test suite): on 1 core (AVX2, fp32, compiled,
 batch 32, all 1,012 training rows) ALIGNN on its chain graphs takes 80-95 s per epoch of one fold
-(~12 h for 500 epochs); Crysformer is of the same order; CGCNN takes ~1 s (1,000 epochs of a
-fold in 15-20 min, two folds side by side on 2 cores), SchNet less. So a slow fit outlives a
+(~12 h for 500 epochs; measured 2026-12-04); Crysformer was of the same order (not re-timed
+since); CGCNN takes ~1 s (1,000 epochs of a fold in 15-20 min, two folds side by side on 2
+cores), SchNet less. So a slow fit outlives a
 session: every epoch is checkpointed (``$HARNESS_CACHE/benchmarks/phonons_accuracy/checkpoints/``)
 and the same command continues an unfinished fit where it stopped,
 with its RNG states, so the result equals an uninterrupted fit's. Finished fits are appended to
