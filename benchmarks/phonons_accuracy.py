@@ -29,7 +29,7 @@ j -> i to i -> k; see ``harness/models/alignn.py``), the others on directed k-NN
 its graphs when they are not the directed centre ones.
 
 CPU cost (this is why the script is not run by the test suite): on 1 core (AVX2, fp32, compiled,
-batch 32, all 1,012 training rows) ALIGNN on its chain graphs takes 80-95 s per epoch of one fold
+batch 32, all 1,012 training rows) ALIGNN on its chain graphs takes 80-100 s per epoch of one fold
 (~12 h for 500 epochs; measured 2026-12-04); Crysformer was of the same order (not re-timed
 since); CGCNN takes ~1 s (1,000 epochs of a fold in 15-20 min, two folds side by side on 2
 cores), SchNet less. So a slow fit outlives a
@@ -238,7 +238,7 @@ def fit_one(name: str, fold: int, seed: int, epochs: int | None, compile_model: 
     start = time.perf_counter()
 
     def progress(metrics: dict, trainer_: Trainer) -> None:
-        trainer_.save_checkpoint(checkpoint)  # ~0.1 s; an epoch of the slow models is 80-95 s
+        trainer_.save_checkpoint(checkpoint)  # ~0.1 s; an epoch of the slow models is 80-100 s
         (checkpoint / "seconds").write_text(f"{seconds_before + time.perf_counter() - start:.1f}")
         if interim_every and metrics["epoch"] % interim_every == 0 and metrics["epoch"] < config.epochs:
             append_record(SECTION, {**record_of(trainer_, trainer_.evaluate_best_so_far(split.test)),

@@ -8,8 +8,8 @@ For each model, with its paper-default architecture and training recipe (optimiz
 rate, batch size from its registry entry): one training epoch over ``--n`` real structures
 (seeded sample; forward, loss, backward, optimizer step, batches collated by the shared
 featurizer's ``CrystalGraphs.batches``, i.e. what the trainer does, with its CPU allocator
-setting), after one warm-up batch; then one inference pass (eval mode, no gradients, batch 256). Graphs are built once, before
-timing (``benchmarks/graph_build.py`` measures that). ``--compile on`` (or ``both``) runs ALIGNN and
+setting), after one warm-up batch; then one inference pass (eval mode, no gradients, batch
+256). Graphs are built once, before timing (``benchmarks/graph_build.py`` measures that). ``--compile on`` (or ``both``) runs ALIGNN and
 Crysformer with ``compile=True`` (torch.compile of their layers; one warm-up batch of training and
 one of inference compile before the timing starts). Prints a table and replaces its own section of
 ``benchmarks/RESULTS.md``.
