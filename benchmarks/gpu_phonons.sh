@@ -2,22 +2,23 @@
 # matbench_phonons on a lent GPU: the official folds of one model side by side (all five by default),
 # sized to fit a short lease.
 #
-#   bash benchmarks/gpu_phonons.sh prepare        # here: fill .gpu/ (wheels, data, caches)
-#   bash benchmarks/gpu_phonons.sh run            # there: calibrate, train the 5 folds, copy records to $OUT
+#   bash benchmarks/gpu_phonons.sh prepare   # here, in the project's .venv: fill .gpu/ (wheels, data, caches)
+#   bash benchmarks/gpu_phonons.sh run       # there (device tool, carry .gpu): calibrate, train, records to $OUT
 #
-# Why a script of its own: a lent GPU machine is bare (its image has torch and torch_geometric but not
-# pymatgen or matminer (and its own pandas), and reaches no package index), holds for minutes, not hours, and keeps nothing
-# afterwards. So `prepare` packs what `phonons_accuracy.py run` needs into .gpu/ (git-ignored through
-# .git/info/exclude; carried by the device tool): py3.12 wheels of the packages the image lacks, the
-# matbench_phonons data file, and the parsed-structure and graph caches, so the GPU does no featurizing.
-# `run` installs the wheels, then calibrates: 3 epochs of every fold at once (--no-write), to measure
-# seconds per epoch with all five processes sharing the GPU, and picks the largest epoch count (a
-# multiple of 50, at most the recipe's 500) that finishes inside GPU_SECONDS. The one-cycle LR
-# schedule needs the epoch count up front, and a fit cut short at high LR scores nothing comparable,
-# hence the calibration rather than a plain timeout. Records (device "cuda", the GPU's name, the
-# epochs actually planned) are appended to benchmarks/records/phonons_accuracy.jsonl there and
-# copied to $OUT every 20 s, so a run killed at its limit still returns its interim rows; append
-# them here to the same file and run `phonons_accuracy.py report`. EPOCHS=N skips the calibration.
+# Why a script of its own: a lent GPU machine is bare (its image has torch and torch_geometric, but
+# not pymatgen or matminer, and another pandas), reaches no package index, is held for minutes, and
+# keeps nothing afterwards. So `prepare` packs what `phonons_accuracy.py run` needs into .gpu/
+# (git-ignored): py3.12 wheels of the packages the image lacks (this environment's versions), the
+# matbench_phonons data files, and the parsed-structure and graph caches, so the GPU machine does
+# no featurizing. `run` installs the wheels, then calibrates: 4
+# epochs of every fold in FOLDS at once (--no-write), timing epochs 2-4 with all the processes
+# sharing the GPU, and picks the largest epoch count (a multiple of EPOCH_STEP, at most
+# MAX_EPOCHS) that fits in GPU_SECONDS. The one-cycle LR schedule needs the epoch count up front,
+# and a fit cut short at high LR scores nothing comparable: hence the calibration rather than a
+# plain timeout. Records (device "cuda", the GPU's name, the epochs actually planned) are appended
+# to benchmarks/records/phonons_accuracy.jsonl there and copied to $OUT every 20 s, so a run killed
+# at its limit still returns its interim rows; append the new lines here to the same file and run
+# `phonons_accuracy.py report`. EPOCHS=N skips the calibration.
 #
 # Measured 2026-12-04 on one H200 (device tool, carry .gpu): install 15 s, calibration 27 s, ALIGNN
 # 2.1-2.4 s/epoch per fold with the five folds sharing the GPU (93-100 % busy, 42 GB), so
@@ -32,8 +33,8 @@ MODEL=${MODEL:-alignn}
 # the ALIGNN Matbench submission's protocol (see phonons_accuracy.py); EPOCHS is the most we ask for
 VARIANTS=${VARIANTS:---variant train_rows=all --variant batch_size=32}
 MAX_EPOCHS=${MAX_EPOCHS:-500}
-GPU_SECONDS=${GPU_SECONDS:-420}   # wall seconds the five training processes may take
-THREADS=${THREADS:-3}             # torch threads per process (16 cores, 5 processes)
+GPU_SECONDS=${GPU_SECONDS:-420}   # wall seconds the training processes may take
+THREADS=${THREADS:-3}             # torch threads per process (the H200 machine: 16 cores, 5 processes)
 FOLDS=${FOLDS:-"0 1 2 3 4"}       # e.g. FOLDS="0 1": fewer folds, more epochs each (records add up across leases)
 EPOCH_STEP=${EPOCH_STEP:-50}      # the epoch count is a multiple of this
 
@@ -91,7 +92,7 @@ torch_geometric.__version__, 'pandas', pandas.__version__, 'numpy', numpy.__vers
     wait "$pid" || { grep -v "^|" $LOGS/calibrate*.txt | tail -40; exit 1; }
   done
   local per_epoch
-  # epoch 1 includes CUDA and allocator warm-up: the slowest of epochs 2-4 over the five processes
+  # epoch 1 includes CUDA and allocator warm-up: the slowest of epochs 2-4 over the processes
   per_epoch=$(cat $LOGS/calibrate*.txt | sed -nE 's#.*epoch [234]/4: .*\(([0-9.]+) s/epoch\)#\1#p' | sort -g | tail -1)
   grep -hE "epoch [0-9]+/[0-9]+:" $LOGS/calibrate*.txt || true
   echo "calibration: $((SECONDS - start)) s; slowest epoch with folds $FOLDS sharing the device: ${per_epoch:?no epoch lines} s"

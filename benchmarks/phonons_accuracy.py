@@ -40,7 +40,8 @@ with its RNG states, so the result equals an uninterrupted fit's. Finished fits 
 ``benchmarks/RESULTS.md`` is rendered from all records (runs on several cores add up). On a GPU
 (``cuda`` is used when present) all five folds are practical: ``benchmarks/gpu_phonons.sh`` runs them side
 by side on a lent GPU machine (one H200, 2026-12-04: ALIGNN 2.1-2.4 s per epoch per fold with all five
-sharing the GPU at 93-100 % load, 42 GB; 150 epochs of all five folds in 6.3 min). Progress goes to stderr every 10 epochs (``--log-every``).
+sharing the GPU at 93-100 % load, 42 GB; 150 epochs of all five folds in 6.3 min). Progress goes to
+stderr every 10 epochs (``--log-every``).
 """
 
 from __future__ import annotations
