@@ -389,7 +389,7 @@ def render(records: list[dict]) -> str:
         table.append(f"| {label_of(r)} | {r['fold']} | "
                      f"{r['seed']} | {params} | {epochs} | {r['val_mae']:.2f} | "
                      f"**{r['test_mae']:.2f}** | {same_fold} | {pub} | {r['minutes']:.1f} ({r['threads']}, {r['device']}, {machines.get(r.get('hardware'), '?')}) | "
-                     f"{r['date']} |")
+                     f"{r['date']}{' (transcribed)' if r.get('transcribed') else ''} |")
     return "\n".join([
         "## matbench_phonons accuracy (`benchmarks/phonons_accuracy.py`)", "",
         "Official Matbench folds; MAE of the last phonon DOS peak in cm^-1; paper-default architectures and "
@@ -403,6 +403,8 @@ def render(records: list[dict]) -> str:
         "Published = Matbench v0.1 leaderboard (mean of 5 folds), so a single fold is an estimate; "
         "*published, same fold* = that submission's own MAE on this fold (Matbench's full benchmark data), "
         "the like-for-like figure for a single fold. "
+        "A *(transcribed)* row was copied from the table its run printed (2 decimals), its records file having "
+        "been lost. "
         "CGCNN with 80,065 parameters is PyG's plain CGConv; with 80,833 it has the reference's BatchNorm of "
         "the gate and core pre-activations (`gate_batch_norm`, the default since 2026-12-02). "
         "Baselines: Dummy predicts the mean of the fold's training rows; RF is scikit-learn's (100 trees) on the "
