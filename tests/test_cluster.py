@@ -170,9 +170,11 @@ def test_killed_driver_resumes_with_the_same_runs(cluster, tmp_path):
     assert "resuming the Tune experiment" in resumed.log.read_text()
     trials = _runs(cluster["uri"], "trial", workdir)
     # A trial started after Ray's last snapshot is not restored (Ray runs another in its place):
-    # its run is closed as lost, never left RUNNING (a rare race: seen once in 2026-12-03's full run).
+    # its run is tagged lost, never left RUNNING: KILLED if it was running, FINISHED if it had
+    # ended before the kill (rare races: seen in 2026-12-03's full run and in CI on 2026-12-04).
     lost = [r for r in trials if r.data.tags.get("trial_state") == "lost"]
-    assert all(r.info.status == "KILLED" for r in lost) and len(lost) <= 1
+    # (no bound on how many: the 5 runs the resumed search does count are checked below)
+    assert all(r.info.status in ("KILLED", "FINISHED") for r in lost)
     trials = [r for r in trials if r.data.tags.get("trial_state") != "lost"]
     assert len(trials) == 5, "same runs, no duplicates"
     assert [r.info.run_id for r in _runs(cluster["uri"], "search", workdir)] == parent_before

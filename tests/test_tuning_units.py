@@ -301,14 +301,22 @@ def test_a_trial_run_that_ray_lost_is_closed_as_lost_at_the_end_of_its_search(tm
     client = MlflowClient(uri)
     parent = client.create_run(experiment).info.run_id
     logger = TrialRunLogger(uri, experiment, parent, {"model": "ridge"}, tmp_path / "runs.json", "trial_finished")
-    kept, lost = (SimpleNamespace(trial_id=t, config={"x": 1}) for t in ("kept", "lost"))
-    runs = {t.trial_id: logger.run_id(t) for t in (kept, lost)}  # both started, both mapped
+    kept, lost, done = (SimpleNamespace(trial_id=t, config={"x": 1}) for t in ("kept", "lost", "done"))
+    runs = {t.trial_id: logger.run_id(t) for t in (kept, lost, done)}  # all started, all mapped
+    # "done" started and finished between two of Ray's snapshots (CI, 2026-12-04: a 6th run
+    # beside the 5 the resumed search counted)
+    logger.on_trial_result(0, [], done, {"epoch": 1, "val_mae": 2.5})
+    logger.on_trial_complete(0, [], SimpleNamespace(trial_id="done", config={"x": 1},
+                                                    last_result={"trial_finished": True}))
     resumed = TrialRunLogger(uri, experiment, parent, {"model": "ridge"}, tmp_path / "runs.json", "trial_finished")
     resumed.on_experiment_end([kept])  # Ray restored only "kept" (still running: left alone)
-    lost_run, kept_run = client.get_run(runs["lost"]), client.get_run(runs["kept"])
+    lost_run, kept_run, done_run = (client.get_run(runs[t]) for t in ("lost", "kept", "done"))
     assert lost_run.info.status == "KILLED" and lost_run.data.tags["trial_state"] == "lost"
     assert "driver was killed" in lost_run.data.tags["error"]
     assert kept_run.info.status == "RUNNING" and kept_run.data.tags["trial_state"] == "running"
+    # the finished one keeps its status and metrics; the search does not count it
+    assert done_run.info.status == "FINISHED" and done_run.data.tags["trial_state"] == "lost"
+    assert done_run.data.metrics["val_mae"] == 2.5 and "did not count it" in done_run.data.tags["error"]
 
 
 def test_git_commit_is_dirty_for_code_changes_not_for_benchmark_records(tmp_path):

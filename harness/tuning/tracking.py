@@ -231,23 +231,37 @@ class TrialRunLogger(tune.Callback):
         self.client.set_terminated(run_id, "FAILED")
 
     def on_experiment_end(self, trials, **info):
-        """Close the runs of trials this experiment no longer has.
+        """Mark the runs of trials this experiment no longer has as ``trial_state`` ``lost``.
 
         A trial started after Ray's last experiment snapshot is not restored when a killed driver
-        resumes (Ray runs a fresh trial in its place); its run would stay RUNNING for ever and show
-        as a running trial on the pages. It is closed as KILLED, ``trial_state`` ``lost``.
+        resumes (Ray runs a fresh trial in its place, and the restored searcher never saw its
+        result). If its run is still RUNNING it would stay so for ever and show as a running trial
+        on the pages: it is closed as KILLED. If it had already finished (a short trial can start
+        and end between two snapshots, which come at most every 10 s), MLflow keeps what it
+        recorded, status and metrics, but the run is tagged ``lost`` too: the search that resumed
+        does not count it, so it is not one of the search's trials.
         """
         known = {t.trial_id for t in trials}
         for trial_id, run_id in sorted(self.runs.items()):
-            if trial_id in known or self._is_closed(trial_id, run_id):
+            if trial_id in known:
                 continue
-            self._closed[trial_id] = True
-            self.client.log_batch(run_id, tags=[
-                RunTag("trial_state", "lost"),
-                RunTag("error", "lost when the sweep's driver was killed before Ray saved the trial; "
-                                "the resumed search ran another trial in its place"),
-            ])
-            self.client.set_terminated(run_id, "KILLED")
+            if not self._is_closed(trial_id, run_id):
+                self._closed[trial_id] = True
+                self.client.log_batch(run_id, tags=[RunTag("trial_state", "lost"), RunTag("error", _LOST_RUNNING)])
+                self.client.set_terminated(run_id, "KILLED")
+                continue
+            recorded = self.client.get_run(run_id).data.tags
+            if recorded.get("trial_state") != "lost":
+                tags = [RunTag("trial_state", "lost")]
+                if "error" not in recorded:
+                    tags.append(RunTag("error", _LOST_FINISHED))
+                self.client.log_batch(run_id, tags=tags)
+
+
+_LOST_RUNNING = ("lost when the sweep's driver was killed before Ray saved the trial; "
+                 "the resumed search ran another trial in its place")
+_LOST_FINISHED = ("finished after Ray's last snapshot of the search, then the sweep's driver was killed: "
+                  "the resumed search did not count it and ran another trial in its place")
 
 
 def _error_text(trial) -> str:
