@@ -23,9 +23,12 @@
 # Measured 2026-12-04 on one H200 (device tool, carry .gpu): install 15 s, calibration 27 s, ALIGNN
 # 2.1-2.4 s/epoch per fold with the five folds sharing the GPU (93-100 % busy, 42 GB), so
 # EPOCHS=150 trains all five in ~400 s. The submission's 500 epochs of all five folds need ~1,150 s of
-# that GPU, more than a 15-minute lease: run them in parts (FOLDS="0 1" EPOCHS=500, then the rest in
-# later leases; the records add up to the 5-fold row). With fewer processes each epoch is shorter
-# (the GPU was the bottleneck), by how much was not measured: calibrate (leave EPOCHS unset) first.
+# that GPU, more than a 15-minute lease. One fold alone is not much faster per epoch: measured
+# 2026-12-04, 1.4 s/epoch alone (GPU ~1 % busy: the step is bound by Python and kernel launches,
+# not by the GPU), 1.0-1.1 s since the line graphs are kept in memory after epoch 1, against
+# 2.1-2.4 s with five folds sharing (0.46 s per fold-epoch). A device call may run 600 s, so no
+# 500-epoch fit fits one call unless the step gets cheaper: try COMPILE=1 with CALIBRATE_ONLY=1
+# first (nothing measured on CUDA yet). The records of several leases add up to the 5-fold row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +40,8 @@ GPU_SECONDS=${GPU_SECONDS:-420}   # wall seconds the training processes may take
 THREADS=${THREADS:-3}             # torch threads per process (the H200 machine: 16 cores, 5 processes)
 FOLDS=${FOLDS:-"0 1 2 3 4"}       # e.g. FOLDS="0 1": fewer folds, more epochs each (records add up across leases)
 EPOCH_STEP=${EPOCH_STEP:-50}      # the epoch count is a multiple of this
+CALIBRATE_ONLY=${CALIBRATE_ONLY:-} # 1: time the epochs of FOLDS side by side, train nothing
+COMPILE=${COMPILE:-}              # 1: --compile (torch.compile of ALIGNN's convolutions; on CUDA: untried)
 
 prepare() {
   local data=${HARNESS_DATA_DIR:-../shared/data} cache=${HARNESS_CACHE:-$HOME/.cache/harness}
@@ -83,21 +88,24 @@ torch_geometric.__version__, 'pandas', pandas.__version__, 'numpy', numpy.__vers
 
   # calibration: every fold at once, 4 epochs, nothing recorded
   local start=$SECONDS
+  rm -f $LOGS/calibrate*.txt
   for fold in $FOLDS; do
     python3 benchmarks/phonons_accuracy.py run --models "$MODEL" --folds $fold --threads "$THREADS" --no-write \
-      $VARIANTS --epochs 4 --log-every 1 > "$LOGS/calibrate$fold.txt" 2>&1 &
+      $VARIANTS ${COMPILE:+--compile} --epochs 4 --log-every 1 > "$LOGS/calibrate$fold.txt" 2>&1 &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do
     wait "$pid" || { grep -v "^|" $LOGS/calibrate*.txt | tail -40; exit 1; }
   done
   local per_epoch
-  # epoch 1 includes CUDA and allocator warm-up: the slowest of epochs 2-4 over the processes
+  # epoch 1 includes CUDA and allocator warm-up and builds the line graphs (kept in memory for the
+  # later epochs: GRAPH_MEMO_MB in harness/featurize/graphs.py): the slowest of epochs 2-4
   per_epoch=$(cat $LOGS/calibrate*.txt | sed -nE 's#.*epoch [234]/4: .*\(([0-9.]+) s/epoch\)#\1#p' | sort -g | tail -1)
   grep -hE "epoch [0-9]+/[0-9]+:" $LOGS/calibrate*.txt || true
   echo "calibration: $((SECONDS - start)) s; slowest epoch with folds $FOLDS sharing the device: ${per_epoch:?no epoch lines} s"
   local epochs
   epochs=$(python3 -c "print(min($MAX_EPOCHS, int($GPU_SECONDS / (1.15 * max($per_epoch, 0.01))) // $EPOCH_STEP * $EPOCH_STEP))")
+  if [ -n "${CALIBRATE_ONLY:-}" ]; then return; fi
   echo "planning $epochs epochs per fold (at most $MAX_EPOCHS; ${GPU_SECONDS} s for training)"
   if [ "$epochs" -lt "$EPOCH_STEP" ]; then echo "too slow for this lease: not training"; exit 1; fi
   train "$epochs"
@@ -107,7 +115,7 @@ train() {  # the folds side by side, $1 epochs each
   local epochs=$1 start=$SECONDS fold pids=()
   for fold in $FOLDS; do
     timeout -s INT $((GPU_SECONDS + 60)) python3 benchmarks/phonons_accuracy.py run --models "$MODEL" --folds $fold \
-      --threads "$THREADS" $VARIANTS --variant epochs=$epochs --interim-every 50 > "$LOGS/fold$fold.txt" 2>&1 &
+      --threads "$THREADS" $VARIANTS ${COMPILE:+--compile} --variant epochs=$epochs --interim-every 50 > "$LOGS/fold$fold.txt" 2>&1 &
     pids+=($!)
   done
   (sleep 90; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv || true) &  # the GPU's load mid-run

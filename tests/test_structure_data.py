@@ -422,6 +422,17 @@ def test_crystal_graphs_cached_and_batched(elastic, tmp_path, monkeypatch):
     with pytest.raises(TypeError):
         again.matrix(idx)
 
+    # epochs after the first reuse the graphs (line graphs included) instead of building them again
+    assert len(again._memo) == 70 and again._memo_bytes > 0
+    with monkeypatch.context() as patch:
+        patch.setattr(gr, "line_graph", no_build)
+        second = list(again.batches(idx, y, batch_size=32))
+    assert all(torch.equal(a.graph.lg_edge_index, b.graph.lg_edge_index) and torch.equal(a.graph.angle, b.graph.angle)
+               for a, b in zip(batches, second))
+    monkeypatch.setenv("HARNESS_GRAPH_MEMO_MB", "0")  # the limit holds: nothing kept
+    nothing_kept = featurize("crystal_graph", ds)
+    assert sum(len(b) for b in nothing_kept.batches(idx, y, batch_size=32)) == 70 and not nothing_kept._memo
+
     lern = featurize("crystal_graph_lern", ds)
     g = next(lern.batches(idx[:4], y[:4], 4)).graph
     assert g.site_env.shape == (g.num_nodes, 1, 6, 11) and lern.info["site_env_shape"] == (1, 6, 11)

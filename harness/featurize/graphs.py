@@ -65,6 +65,12 @@ MAX_Z = 100  # embedding tables of the models: atomic numbers 1..MAX_Z (MP/JARVI
 PARALLEL_MIN = 4000  # one process builds ~2-8k graphs/s; a spawned pool costs seconds to start
 TIE_DECIMALS = 6  # order edges by distance rounded to 1e-6 Å, then neighbour index and image
 TIE_TOL = 1e-4  # Å: neighbours this close to the k-th distance are kept with it (ties=True)
+# Graphs (with their line graphs) kept in memory after their first batch, per CrystalGraphs, up to
+# this many MiB (env HARNESS_GRAPH_MEMO_MB; 0 turns it off). Building a line graph costs ~1 ms a
+# structure: next to a GPU step that is most of an epoch (matbench_phonons ALIGNN on an H200: 1.4
+# s/epoch, GPU ~idle), next to a CPU step it is noise. Line graphs are not stored on disk (they are
+# ~10x the bonds); in memory the first epoch's cost is paid once.
+GRAPH_MEMO_MB = 1024
 
 
 # ----------------------------------------------------------------------------- one structure
@@ -357,6 +363,9 @@ class CrystalGraphs:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        self._memo: dict[int, CrystalGraph] = {}
+        self._memo_bytes = 0
+        self._memo_limit = int(os.environ.get("HARNESS_GRAPH_MEMO_MB", GRAPH_MEMO_MB)) * 2**20
         zero = torch.zeros(1, dtype=torch.int64)
         self._atom_ptr = torch.cat([zero, torch.cumsum(self.tensors["n_atoms"], 0)]).tolist()
         self._edge_ptr = torch.cat([zero, torch.cumsum(self.tensors["n_edges"], 0)]).tolist()
@@ -416,8 +425,22 @@ class CrystalGraphs:
         from torch_geometric.data import Batch
 
         for rows, y_batch in minibatches(indices, y, batch_size, shuffle, generator):
-            graphs = [self.graph(int(row)) for row in rows]
+            graphs = [self._remembered_graph(int(row)) for row in rows]
             yield GraphBatch(Batch.from_data_list(graphs), y_batch)
+
+    def _remembered_graph(self, i: int) -> CrystalGraph:
+        """``graph(i)``, kept for the next epoch while the memo is under its limit (GRAPH_MEMO_MB).
+
+        Safe to share: ``Batch.from_data_list`` copies, and nothing writes into a batch's inputs.
+        """
+        g = self._memo.get(i)
+        if g is None:
+            g = self.graph(i)
+            size = sum(v.numel() * v.element_size() for _, v in g if isinstance(v, torch.Tensor))
+            if self._memo_bytes + size <= self._memo_limit:
+                self._memo[i] = g
+                self._memo_bytes += size
+        return g
 
     def matrix(self, indices: np.ndarray) -> np.ndarray:
         raise TypeError(f"{self.config.kind} is not a tabular input kind; use 'magpie_structure'")
