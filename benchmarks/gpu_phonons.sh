@@ -24,8 +24,8 @@
 # 2.1-2.4 s/epoch per fold with the five folds sharing the GPU (93-100 % busy, 42 GB), so
 # EPOCHS=150 trains all five in ~400 s. The submission's 500 epochs of all five folds need ~1,150 s of
 # that GPU, more than a 15-minute lease. One fold alone is not much faster per epoch: measured
-# 2026-12-04, 1.4 s/epoch alone (GPU ~1 % busy: the step is bound by Python and kernel launches,
-# not by the GPU), 1.0-1.1 s since the line graphs are kept in memory after epoch 1, against
+# 2026-12-04, 1.4 s/epoch alone (nvidia-smi's one sample, 90 s in, said 1 % busy: the step looks
+# bound by Python and kernel launches, not by the GPU), 1.0-1.1 s since the line graphs are kept in memory after epoch 1, against
 # 2.1-2.4 s with five folds sharing (0.46 s per fold-epoch). A device call may run 600 s, so no
 # 500-epoch fit fits one call unless the step gets cheaper: try COMPILE=1 with CALIBRATE_ONLY=1
 # first (nothing measured on CUDA yet). The records of several leases add up to the 5-fold row.

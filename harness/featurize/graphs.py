@@ -67,8 +67,8 @@ TIE_DECIMALS = 6  # order edges by distance rounded to 1e-6 Å, then neighbour i
 TIE_TOL = 1e-4  # Å: neighbours this close to the k-th distance are kept with it (ties=True)
 # Graphs (with their line graphs) kept in memory after their first batch, per CrystalGraphs, up to
 # this many MiB (env HARNESS_GRAPH_MEMO_MB; 0 turns it off). Building a line graph costs ~1 ms a
-# structure: next to a GPU step that is most of an epoch (matbench_phonons ALIGNN on an H200: 1.4
-# s/epoch, GPU ~idle), next to a CPU step it is noise. Line graphs are not stored on disk (they are
+# structure (1.36 s for matbench_phonons' 1,265): next to a GPU step that is a large share of an
+# epoch (ALIGNN on an H200: 1.4 -> 1.0-1.1 s/epoch with this memo), next to a CPU step (~90 s) noise. Line graphs are not stored on disk (they are
 # ~10x the bonds); in memory the first epoch's cost is paid once.
 GRAPH_MEMO_MB = 1024
 
