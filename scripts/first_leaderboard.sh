@@ -40,12 +40,8 @@ NUM_CPUS=${NUM_CPUS:-}  # e.g. NUM_CPUS=1 leaves the other cores free; empty = a
 CPU_OPTION=()
 [ -n "$NUM_CPUS" ] && CPU_OPTION=(--num-cpus "$NUM_CPUS")
 # Two searches side by side, so that the slot a search's last trial (or its final fits) leaves
-# idle runs the next search's trials; a stage resumes with the same setting. Not with one CPU:
-# there the two searches compete for the one trial slot, and on 2026-12-04 (classical-matbench,
-# NUM_CPUS=1) one search's first trial stayed PENDING for 24 min while the other thread ran ten
-# searches, one after another, through the slot: a starvation not yet understood (see the session
-# notes), avoided here by running one search at a time.
-if [ "$NUM_CPUS" = 1 ]; then CONCURRENT_SEARCHES=${CONCURRENT_SEARCHES:-1}; fi
+# idle runs the next search's trials; a stage resumes with the same setting. With NUM_CPUS=1 the
+# sweep runs them one after the other (one slot: two searches would wait for each other's slot).
 CPU_OPTION+=(--concurrent-searches "${CONCURRENT_SEARCHES:-2}")
 # The budget, the same for every model (stated on the generated pages from the runs' params):
 # Optuna TPE, 4 trials per (model, dataset, fold) search, at most 10 epochs each, ASHA grace 2 and

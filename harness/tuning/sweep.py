@@ -270,11 +270,22 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
         # The whole plan, for `harness status` (which lists the searches not yet started too).
         _write_json(workdir / PLAN_FILE, {"sweep_id": sweep_id,
                                           "searches": [f"{m}/{d.name}/{sp.name}" for d, m, sp, _ in jobs]})
+        searches_at_once, trials_at_once = fair_share(
+            _trial_slots(opts), opts.concurrent_searches, opts.max_concurrent_trials)
+        if searches_at_once < opts.concurrent_searches and len(jobs) > 1:
+            side_by_side = ("one search at a time" if searches_at_once == 1
+                            else f"{searches_at_once} searches side by side")
+            console.print(f"[yellow]--concurrent-searches {opts.concurrent_searches}: the cluster holds "
+                          f"{searches_at_once} trial(s) of this size at once, so {side_by_side} (more "
+                          f"would wait for each other's slots, and a waiting trial can starve)[/]")
+        # Each search's share of the slots (trials at once, and final fits at once), so that the
+        # searches running side by side never ask Ray for more than the cluster holds.
         run = lambda job: _search_and_evaluate(  # noqa: E731
-            opts, sweep_id, workdir, tracking_uri, experiment_id, *job
+            _replace_opts(opts, max_concurrent_trials=trials_at_once),
+            sweep_id, workdir, tracking_uri, experiment_id, *job
         )
-        if opts.concurrent_searches > 1 and len(jobs) > 1:
-            outcomes.extend(_run_concurrently(run, jobs, opts.concurrent_searches, workdir))
+        if searches_at_once > 1 and len(jobs) > 1:
+            outcomes.extend(_run_concurrently(run, jobs, searches_at_once, workdir))
         else:
             outcomes.extend(run(job) for job in jobs)
     finally:
@@ -656,6 +667,20 @@ def _interrupted(results, num_samples: int) -> bool:
     return bool(unfinished) or len(trials) < num_samples
 
 
+def fair_share(slots: int, searches: int, trials_per_search: int | None) -> tuple[int, int]:
+    """(searches run side by side, trials each runs at once) for a cluster of ``slots`` trials.
+
+    Searches side by side must not ask Ray for more than the cluster holds: Ray does not serve
+    waiting resource requests oldest first. Seen on one CPU with two searches: the
+    first search's first trial waited (PENDING) while the other thread ran every other search
+    of the sweep through the one slot, each new Tuner's trial taking the slot as the previous
+    one freed it. So at most ``slots`` searches run at once and each gets an equal share of
+    the slots (at least one); ``--max-concurrent-trials``, when given, is taken as asked.
+    """
+    searches = max(1, min(searches, slots))
+    return searches, trials_per_search or max(1, slots // searches)
+
+
 def _trial_slots(opts: SweepOptions) -> int:
     """How many trials of this size the cluster holds at once (at least 1)."""
     import ray
@@ -797,17 +822,26 @@ def _final_evaluation(
     console.print(f"{label}: final fits with seeds {todo} on {len(split.train)} training rows")
     task = ray.remote(num_cpus=opts.cpus_per_trial, num_gpus=opts.gpus_per_trial,
                       max_retries=opts.max_failures)(final_task)
-    refs = {seed: task.remote(context, params, seed) for seed in todo}
-    for seed, ref in refs.items():
+    # At most this search's share of the slots at once (see fair_share); the rest queue here.
+    at_once = opts.max_concurrent_trials or _trial_slots(opts)
+    refs = {seed: task.remote(context, params, seed) for seed in todo[:at_once]}
+    queued = todo[at_once:]
+    for seed in todo:
         run_id = final_runs[str(seed)]
+        failure = None
         try:
-            out = _get_unless_stopped(ref, refs.values(), label, workdir)
+            out = _get_unless_stopped(refs[seed], list(refs.values()), label, workdir)
         except SweepInterrupted:
             raise
         except Exception as exc:  # one failed fit must not lose the others
-            client.log_batch(run_id, tags=[_tag("error", str(exc)[-5000:])])
+            failure = exc
+        if queued:  # its slot is free: start the next fit
+            refs[queued[0]] = task.remote(context, params, queued[0])
+            queued.pop(0)
+        if failure is not None:
+            client.log_batch(run_id, tags=[_tag("error", str(failure)[-5000:])])
             client.set_terminated(run_id, "FAILED")
-            console.print(f"[red]{label}: final fit seed {seed} failed: {exc}[/]")
+            console.print(f"[red]{label}: final fit seed {seed} failed: {failure}[/]")
             continue
         client.set_tag(run_id, "hardware", out.get("hardware", ""))
         metrics = {**out["metrics"], "fit_seconds": out["seconds"]}
