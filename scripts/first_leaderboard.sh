@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The committed leaderboard (issue 6): every composition model on the 8 smaller extended CrabNet
 # sets and 4 small Matbench tasks (compositions), every structure model on matbench_phonons,
-# with one stated budget, into one MLflow store; then `harness leaderboard` writes leaderboards/.
+# with one stated budget, into one MLflow store; then `harness leaderboard` writes the pages, which
+# are published by copying them into leaderboards/ (see below).
 #
 #   bash scripts/first_leaderboard.sh            # start, or continue where it stopped
 #   STAGES="classical fc" bash scripts/first_leaderboard.sh   # only some stages
@@ -12,8 +13,10 @@
 # a stage whose workdir exists continues with `harness sweep --resume` (finished searches are
 # skipped, interrupted ones continue their Ray experiment, Optuna study and MLflow runs). The
 # pages are regenerated after every stage, so a partial leaderboard is always current (missing
-# results show as missing, never as numbers); LEADERBOARD_OUT=DIR writes them elsewhere than
-# leaderboards/ (e.g. while a new store has not yet caught up with the committed pages).
+# results show as missing, never as numbers). They go beside the store ($LEADERBOARD_RUNS/pages),
+# not into the committed leaderboards/: a store on a new machine starts empty, and its first
+# pages would replace committed ones made from a fuller store. Publish when the store covers
+# them: cp -r "$LEADERBOARD_RUNS/pages/." leaderboards/ (or LEADERBOARD_OUT=leaderboards).
 # Progress: `harness status ~/.cache/harness/leaderboard-runs` (one row per stage started so far).
 # On a GPU the same stages run much faster: pass GPUS_PER_TRIAL=0.25 (four trials per GPU), and
 # PRECISION=bf16 (on a CPU with AMX the attention and line-graph models train 1.5-3x faster).
@@ -30,7 +33,7 @@ cd "$(dirname "$0")/.."
 ROOT=${LEADERBOARD_RUNS:-${HARNESS_CACHE:-$HOME/.cache/harness}/leaderboard-runs}
 mkdir -p "$ROOT"
 MLFLOW_URI=${MLFLOW_URI:-sqlite:///$(cd "$ROOT" && pwd)/mlflow.db}  # absolute: trial workers have their own cwd
-OUT=${LEADERBOARD_OUT:-leaderboards}  # where the pages go (elsewhere while the store is still partial)
+OUT=${LEADERBOARD_OUT:-$ROOT/pages}  # where the pages go; leaderboards/ only when asked (see above)
 GPUS_PER_TRIAL=${GPUS_PER_TRIAL:-0}
 # PRECISION=bf16: mixed precision for stages that start from now on (a started stage resumes with
 # its own); each sweep's precision is shown in the pages' reproduce commands. Default fp32, the
@@ -94,3 +97,4 @@ for entry in "${PLAN[@]}"; do
   harness leaderboard --mlflow-uri "$MLFLOW_URI" --out "$OUT"
 done
 echo "== $(date '+%F %T') done; pages in $OUT/"
+[ "$OUT" -ef leaderboards ] || echo "publish them (when this store covers the committed pages): cp -r \"$OUT/.\" leaderboards/"
