@@ -270,16 +270,21 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
         # The whole plan, for `harness status` (which lists the searches not yet started too).
         _write_json(workdir / PLAN_FILE, {"sweep_id": sweep_id,
                                           "searches": [f"{m}/{d.name}/{sp.name}" for d, m, sp, _ in jobs]})
-        searches_at_once, trials_at_once = fair_share(
-            _trial_slots(opts), opts.concurrent_searches, opts.max_concurrent_trials)
-        if searches_at_once < opts.concurrent_searches and len(jobs) > 1:
-            side_by_side = ("one search at a time" if searches_at_once == 1
-                            else f"{searches_at_once} searches side by side")
-            console.print(f"[yellow]--concurrent-searches {opts.concurrent_searches}: the cluster holds "
-                          f"{searches_at_once} trial(s) of this size at once, so {side_by_side} (more "
-                          f"would wait for each other's slots, and a waiting trial can starve)[/]")
-        # Each search's share of the slots (trials at once, and final fits at once), so that the
-        # searches running side by side never ask Ray for more than the cluster holds.
+        if opts.address:
+            # A cluster may grow (the autoscaler adds nodes for waiting trials): the searches ask
+            # as given, and each sizes its trials to the cluster when it starts.
+            searches_at_once, trials_at_once = opts.concurrent_searches, opts.max_concurrent_trials
+        else:
+            # The embedded Ray's size is fixed: share its slots (trials at once, and final fits at
+            # once) among the searches, so that together they never ask for more than it holds.
+            searches_at_once, trials_at_once = fair_share(
+                _trial_slots(opts), opts.concurrent_searches, opts.max_concurrent_trials)
+            if searches_at_once < opts.concurrent_searches and len(jobs) > 1:
+                side_by_side = ("one search at a time" if searches_at_once == 1
+                                else f"{searches_at_once} searches side by side")
+                console.print(f"[yellow]--concurrent-searches {opts.concurrent_searches}: this machine holds "
+                              f"{searches_at_once} trial(s) of this size at once, so {side_by_side} (more "
+                              f"would wait for each other's slots, and a waiting trial can starve)[/]")
         run = lambda job: _search_and_evaluate(  # noqa: E731
             _replace_opts(opts, max_concurrent_trials=trials_at_once),
             sweep_id, workdir, tracking_uri, experiment_id, *job
@@ -676,6 +681,8 @@ def fair_share(slots: int, searches: int, trials_per_search: int | None) -> tupl
     of the sweep through the one slot, each new Tuner's trial taking the slot as the previous
     one freed it. So at most ``slots`` searches run at once and each gets an equal share of
     the slots (at least one); ``--max-concurrent-trials``, when given, is taken as asked.
+    For the embedded Ray only: a cluster's autoscaler adds nodes for waiting trials, so there
+    the demand must be allowed to exceed what the cluster holds now.
     """
     searches = max(1, min(searches, slots))
     return searches, trials_per_search or max(1, slots // searches)
@@ -822,8 +829,9 @@ def _final_evaluation(
     console.print(f"{label}: final fits with seeds {todo} on {len(split.train)} training rows")
     task = ray.remote(num_cpus=opts.cpus_per_trial, num_gpus=opts.gpus_per_trial,
                       max_retries=opts.max_failures)(final_task)
-    # At most this search's share of the slots at once (see fair_share); the rest queue here.
-    at_once = opts.max_concurrent_trials or _trial_slots(opts)
+    # At most this search's share of the slots at once (see fair_share; all at once on a cluster,
+    # where waiting fits make the autoscaler add nodes); the rest queue here.
+    at_once = opts.max_concurrent_trials or len(todo)
     refs = {seed: task.remote(context, params, seed) for seed in todo[:at_once]}
     queued = todo[at_once:]
     for seed in todo:
