@@ -414,9 +414,11 @@ def render(records: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("action", choices=("run", "stop", "report"),
+    ap.add_argument("action", choices=("run", "stop", "report", "featurize"),
                     help="run: train (or continue) the fits; stop: end unfinished fits at their checkpoint "
-                         "and record their best epoch (with --reason); report: re-render RESULTS.md")
+                         "and record their best epoch (with --reason); report: re-render RESULTS.md; "
+                         "featurize: build the models' inputs into the cache, train nothing "
+                         "(gpu_phonons.sh prepare packs them)")
     ap.add_argument("--models", default="cgcnn,alignn,crysformer")
     ap.add_argument("--folds", default="0", help="comma-separated fold numbers, or 'all'")
     ap.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (default: 300)")
@@ -442,7 +444,7 @@ def main() -> None:
         raise SystemExit("stop: say why with --reason (it is shown beside the figure)")
     if args.action == "stop" and args.no_write:
         raise SystemExit("stop --no-write would delete the fit's checkpoint and record nothing; drop --no-write")
-    if args.action in ("run", "stop"):
+    if args.action in ("run", "stop", "featurize"):
         import torch
 
         from harness.data import load_dataset
@@ -456,6 +458,9 @@ def main() -> None:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             model_variant = variant if name == "dummy" else graph_variant(get_model(name).input_kind, variant)
             features = None if name == "dummy" else features_of(get_model(name).input_kind, ds, model_variant)
+            if args.action == "featurize":
+                print(f"{name}: inputs of {len(ds)} structures cached", file=sys.stderr, flush=True)
+                continue
             for fold in folds:
                 record = fit_one(name, fold, args.seed, args.epochs, args.compile, features, ds,
                                  model_variant, None if args.no_write else args.interim_every,
@@ -466,6 +471,8 @@ def main() -> None:
                       file=sys.stderr, flush=True)
                 if not args.no_write:
                     write_section(SECTION, render(load_records(SECTION, KEY)))
+    if args.action == "featurize":
+        return
     body = render(load_records(SECTION, KEY))
     publish(SECTION, body, write=not args.no_write)
 
