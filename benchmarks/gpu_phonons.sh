@@ -28,7 +28,10 @@
 # bound by Python and kernel launches, not by the GPU), 1.0-1.1 s since the line graphs are kept in memory after epoch 1, against
 # 2.1-2.4 s with five folds sharing (0.46 s per fold-epoch). A device call may run 600 s, so no
 # 500-epoch fit fits one call unless the step gets cheaper: try COMPILE=1 with CALIBRATE_ONLY=1
-# first (nothing measured on CUDA yet). The records of several leases add up to the 5-fold row.
+# first (nothing measured on CUDA yet). Since 2026-12-04 (evening) a training step no longer makes
+# the host wait for the GPU (batches copied from pinned memory, non_blocking; the element table's
+# Z check runs on the device): also unmeasured on CUDA, so calibrate before planning a lease.
+# The records of several leases add up to the 5-fold row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -162,6 +162,15 @@ def test_configs_are_validated() -> None:
             get_model(name).make_config(**bad)
 
 
+def test_element_table_names_an_atomic_number_it_lacks() -> None:
+    from harness.models.blocks_graph import CGCNN_MAX_Z, ElementTable, cgcnn_atom_features
+
+    table = ElementTable(cgcnn_atom_features())
+    assert torch.equal(table(torch.tensor([1, 8, CGCNN_MAX_Z])), cgcnn_atom_features()[[1, 8, CGCNN_MAX_Z]])
+    with pytest.raises(ValueError, match=f"atomic number 101 is outside the element table \\(Z <= {CGCNN_MAX_Z}\\)"):
+        table(torch.tensor([1, 101]))
+
+
 def test_cgcnn_conv_equals_the_reference_conv_layer() -> None:
     """GateNormCGConv + the outer softplus == the reference ``ConvLayer`` (txie-93/cgcnn,
     ``cgcnn/model.py``), written out here in its dense N x M form with the same weights:

@@ -45,6 +45,11 @@ class GraphBatch:
     y: torch.Tensor
 
     def to(self, device: torch.device | str) -> "GraphBatch":
+        if torch.device(device).type == "cuda":
+            # From pinned memory the copies join the GPU's queue; from pageable memory each one
+            # makes the host wait until the GPU has finished the previous step's work.
+            return GraphBatch(self.graph.pin_memory().to(device, non_blocking=True),
+                              self.y.pin_memory().to(device, non_blocking=True))
         return GraphBatch(self.graph.to(device), self.y.to(device))
 
     def __len__(self) -> int:

@@ -118,10 +118,14 @@ class ElementTable(nn.Module):
         return int(self.table.shape[1])
 
     def forward(self, z: Tensor) -> Tensor:
-        if z.numel() and int(z.max()) >= self.table.shape[0]:
-            raise ValueError(
-                f"atomic number {int(z.max())} is outside the element table (Z <= {self.table.shape[0] - 1})"
-            )
+        rows = self.table.shape[0]
+        if z.device.type == "cpu":
+            if z.numel() and int(z.max()) >= rows:
+                raise ValueError(f"atomic number {int(z.max())} is outside the element table (Z <= {rows - 1})")
+        elif z.numel():
+            # No host sync on an accelerator (int(z.max()) would make the host wait for the GPU
+            # every step): the check runs on the device and fails at a later kernel launch.
+            torch._assert_async((z < rows).all(), f"an atomic number is outside the element table (Z <= {rows - 1})")
         return self.table.index_select(0, z)
 
 
