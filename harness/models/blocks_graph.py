@@ -124,8 +124,9 @@ class ElementTable(nn.Module):
                 raise ValueError(f"atomic number {int(z.max())} is outside the element table (Z <= {rows - 1})")
         elif z.numel():
             # No host sync on an accelerator (int(z.max()) would make the host wait for the GPU
-            # every step): the check runs on the device and fails at a later kernel launch.
-            torch._assert_async((z < rows).all(), f"an atomic number is outside the element table (Z <= {rows - 1})")
+            # every step): the check runs on the device and fails, as a device-side assert
+            # without this message, at a later kernel launch (CPU runs give the clear error).
+            torch._assert_async((z < rows).all())
         return self.table.index_select(0, z)
 
 
