@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.request
 
+import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
@@ -49,6 +50,17 @@ def test_sweep_with_unknown_precision_fails_clearly_before_starting_anything(tmp
                                  "--precision", "fp16", "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 2
     assert "--precision must be one of fp32, bf16, not 'fp16'" in result.output
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--max-concurrent-trials", "0", "--max-concurrent-trials must be >= 1"),
+    ("--concurrent-searches", "-1", "--concurrent-searches must be >= 1"),
+])
+def test_sweep_with_no_room_for_a_trial_or_search_fails_clearly(tmp_path, option, value, message):
+    result = runner.invoke(app, ["sweep", "--models", "ridge", "--datasets", "steels_yield", option, value,
+                                 "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "w").exists()
 
 

@@ -92,6 +92,10 @@ class SweepOptions:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.cpus_per_trial <= 0:
             raise ValueError("--cpus-per-trial must be > 0")
+        if self.concurrent_searches < 1:
+            raise ValueError("--concurrent-searches must be >= 1")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise ValueError("--max-concurrent-trials must be >= 1 (leave it out for as many as the cluster fits)")
         if self.num_cpus is not None and self.num_cpus < self.cpus_per_trial:
             raise ValueError(f"--num-cpus {self.num_cpus} leaves no room for one trial "
                              f"(--cpus-per-trial {self.cpus_per_trial})")
