@@ -680,10 +680,10 @@ def fair_share(slots: int, searches: int, trials_per_search: int | None) -> tupl
     """(searches run side by side, trials each runs at once) for a cluster of ``slots`` trials.
 
     Searches side by side must not ask Ray for more than the cluster holds: Ray does not serve
-    waiting resource requests oldest first. Seen on one CPU with two searches: the
-    first search's first trial waited (PENDING) while the other thread ran every other search
-    of the sweep through the one slot, each new Tuner's trial taking the slot as the previous
-    one freed it. So at most ``slots`` searches run at once and each gets an equal share of
+    waiting resource requests oldest first. Seen on one CPU with two searches: the first
+    search's first trial waited (PENDING) while the other thread ran every other search of the
+    sweep through the one slot, each new Tuner's trial taking the slot as the previous one
+    freed it. So at most ``slots`` searches run at once and each gets an equal share of
     the slots (at least one); ``--max-concurrent-trials``, when given, is taken as asked.
     For the embedded Ray only: a cluster's autoscaler adds nodes for waiting trials, so there
     the demand must be allowed to exceed what the cluster holds now.
@@ -848,8 +848,8 @@ def _final_evaluation(
         except Exception as exc:  # one failed fit must not lose the others
             failure = exc
         if queued:  # its slot is free: start the next fit
-            refs[queued[0]] = task.remote(context, params, queued[0])
-            queued.pop(0)
+            following = queued.pop(0)
+            refs[following] = task.remote(context, params, following)
         if failure is not None:
             client.log_batch(run_id, tags=[_tag("error", str(failure)[-5000:])])
             client.set_terminated(run_id, "FAILED")
