@@ -513,3 +513,22 @@ def test_cost_notes_of_many_searches_are_one_line_per_kind():
         f"- 11 {span}, in 3 searches (aflow: RF, SVR (RBF); mp_bulk: RF)",
         "- mp_bulk / RF: 1 final fit(s) without fit_seconds",  # a note of one search keeps its old form
     ]
+
+
+def test_protocol_note_says_which_models_trained_shorter_than_their_recipe():
+    """Fixed-length recipes name their epochs; early-stopping recipes (IRNet, ElemNet: until 200
+    epochs without a better validation error) say so; models without a recipe length get nothing."""
+    from harness.leaderboard.tables import PairResult, protocol_notes
+
+    def pair(model: str, label: str, epochs: str) -> PairResult:
+        return PairResult("matbench_steels", model, label, "s", max_epochs=epochs)
+
+    results = [pair("irnet17", "IRNet-17", "10"), pair("elemnet", "ElemNet", "10"), pair("crabnet", "CrabNet", "10"),
+               pair("roost", "Roost", "10"), pair("rf", "RF", "10"), pair("irnet48", "IRNet-48", "400")]
+    notes = protocol_notes("matbench", "matbench_steels", {}, results, pd.DataFrame())
+    assert notes == [
+        "at most 10 epochs per fit, the paper's recipe trains 100 (Roost)",
+        "at most 10 epochs per fit, the paper's recipe trains until 200 epochs pass without a better "
+        "validation error (IRNet-17, ElemNet)",
+        "at most 10 epochs per fit, the paper's recipe trains 300 (CrabNet)",
+    ]

@@ -124,6 +124,17 @@ def paper_epochs(model: str) -> int | None:
     return int(epochs) if epochs else None
 
 
+def paper_patience(model: str) -> int | None:
+    """Epochs without a better validation error after which the published recipe stops, where
+    it trains to early stopping instead of for fixed epochs (the registry's ``paper_patience``)."""
+    try:
+        from harness.models import get_model
+
+        return get_model(model).paper_patience
+    except Exception:  # a model of another version of the harness
+        return None
+
+
 # ----------------------------------------------------------------------------- per pair
 @dataclass
 class PairResult:
@@ -480,13 +491,19 @@ def protocol_notes(suite: str, dataset: str, info: dict, results: list[PairResul
         notes.append(f"seeded random subsample of {', '.join(subs)} rows (published: all rows)")
     elif info.get("dropped") not in ("", "0", None):
         notes.append(f"{info['dropped']} invalid rows dropped")
-    by_epochs: dict[tuple[str, int], list[str]] = {}
+    # (our epoch budget, the paper recipe's length) -> the models trained shorter than their recipe
+    shorter: dict[tuple[int, int, str], list[str]] = {}
     for r in results:
-        paper = paper_epochs(r.model)
-        if paper and r.max_epochs.isdigit() and int(r.max_epochs) < paper:
-            by_epochs.setdefault((r.max_epochs, paper), []).append(r.label)
-    for (mine, paper), labels in sorted(by_epochs.items()):
-        notes.append(f"at most {mine} epochs per fit, the paper's recipe trains {paper} ({', '.join(labels)})")
+        if not r.max_epochs.isdigit():
+            continue
+        paper, patience = paper_epochs(r.model), paper_patience(r.model)
+        if paper and int(r.max_epochs) < paper:
+            shorter.setdefault((int(r.max_epochs), paper, str(paper)), []).append(r.label)
+        elif patience and int(r.max_epochs) < patience:
+            recipe = f"until {patience} epochs pass without a better validation error"
+            shorter.setdefault((int(r.max_epochs), patience, recipe), []).append(r.label)
+    for (mine, _, recipe), labels in sorted(shorter.items()):
+        notes.append(f"at most {mine} epochs per fit, the paper's recipe trains {recipe} ({', '.join(labels)})")
     k = n_folds_of(info.get("split_scheme", ""))
     if k:
         covered = sorted({s for r in results for s in r.ok_splits}, key=lambda s: fold_number(s) or 0)

@@ -209,6 +209,10 @@ IRNET17 = ModelSpec(
     search_space="irnet.yaml",
     paper=PAPER,
     display_name="IRNet-17",
+    # No fixed length: the reference trains until 200 epochs pass without a better validation
+    # error (sample-run.config "patience": 200; dl_regressors.py counts it in epochs,
+    # patience * train_size / batch_size steps, checked every 1,000 steps).
+    paper_patience=200,
 )
 register(IRNET17, groups=("all-composition",))
 register(

@@ -37,6 +37,9 @@ class ModelSpec:
     paper:       citation shown in ``harness models list`` and logged to MLflow
     framework:   "torch" or "sklearn"
     config_overrides: fixed config values (e.g. HotCrab = CrabNet with one-hot embedding)
+    paper_patience: where the published recipe has no fixed epoch count but trains until this
+                 many epochs pass without a better validation error (IRNet, ElemNet); the
+                 leaderboards say so beside a budget of fewer epochs
     """
 
     name: str
@@ -49,6 +52,7 @@ class ModelSpec:
     framework: str = "torch"
     config_overrides: dict[str, Any] = field(default_factory=dict)
     display_name: str = ""
+    paper_patience: int | None = None
 
     def make_config(self, **params: Any) -> Any:
         """The model's typed config: paper defaults, then ``params``, then fixed overrides.
