@@ -47,6 +47,9 @@ def main() -> None:
     ap.add_argument("--compile", choices=("off", "on", "both"), default="off",
                     help="ALIGNN and Crysformer with compile=True (on), without (off), or both rows")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    ap.add_argument("--machine", default="", metavar="NAME",
+                    help="record as another machine's section (structure_throughput_NAME) beside the main one, "
+                         "e.g. --machine avx512-bf16 for a CPU without AMX")
     args = ap.parse_args()
 
     import torch
@@ -136,7 +139,8 @@ def main() -> None:
     table += [f"| {label} | {prec} | {params:,} | {bs} | {tt:.1f} | {tr:.1f} | {it:.1f} | {ir:.1f} |"
               for label, prec, params, bs, tt, tr, it, ir in rows]
     body = "\n".join([
-        "## Structure models: training / inference throughput (`benchmarks/structure_throughput.py`)", "",
+        "## Structure models: training / inference throughput (`benchmarks/structure_throughput.py`"
+        + (f" --machine {args.machine}" if args.machine else "") + ")", "",
         f"{n} {args.dataset} structures (seed 0), {n_atoms:,} atoms, {n_edges:,} edges (k = 12, ties kept"
         + (f"; ALIGNN's symmetric graphs {int(symmetric['n_edges'].sum()):,}" if symmetric else "") + "); "
         f"paper-default architectures and each model's recipe batch size and optimizer; one epoch after one "
@@ -146,7 +150,7 @@ def main() -> None:
         f"columns are bf16-autocast inference, which the trainer does not use (it predicts in float32); "
         f"freed memory kept for reuse (`keep_freed_memory()`, as the trainer on CPU). "
         f"CPU: {header}, {load_now()} at the end", "", *table, ""])
-    publish(SECTION, body, write=not args.no_write)
+    publish(f"{SECTION}_{args.machine}" if args.machine else SECTION, body, write=not args.no_write)
 
 
 if __name__ == "__main__":
