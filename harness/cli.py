@@ -86,10 +86,26 @@ def _tracking_uri(workdir: Path, mlflow_uri: str | None) -> str:
     from harness.tuning.tracking import default_tracking_uri
 
     if mlflow_uri:
+        # Reading a sqlite store that is not there would create an empty one at that path (a
+        # mistyped --mlflow-uri leaves a stray database behind and reports "no sweep").
+        database = _sqlite_file(mlflow_uri)
+        if database is not None and not database.exists():
+            _fail(f"no MLflow store at {database} (from --mlflow-uri {mlflow_uri}); give the URI the sweep "
+                  "logged to (`harness status WORKDIR` shows it), e.g. sqlite:///runs/default/mlflow.db")
         return mlflow_uri
     if not (workdir / "mlflow.db").exists():
         _fail(f"no MLflow store at {workdir / 'mlflow.db'}; pass --workdir of a sweep or --mlflow-uri")
     return default_tracking_uri(workdir)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for servers, in-memory and other stores)."""
+    from sqlalchemy.engine import make_url
+
+    if not uri.startswith("sqlite:"):
+        return None
+    database = make_url(uri).database
+    return Path(database) if database and database != ":memory:" else None
 
 
 # ----------------------------------------------------------------------------- data

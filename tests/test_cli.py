@@ -41,7 +41,7 @@ def test_sweep_with_unknown_model_fails_clearly_before_starting_anything(tmp_pat
     result = runner.invoke(app, ["sweep", "--models", "crabnett", "--datasets", "steels_yield",
                                  "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 2
-    assert "unknown model 'crabnett'" in result.output and "crabnet" in result.output
+    assert "unknown model 'crabnett' (did you mean 'crabnet'?)" in " ".join(result.output.split())
     assert not (tmp_path / "w").exists()
 
 
@@ -67,7 +67,24 @@ def test_sweep_with_no_room_for_a_trial_or_search_fails_clearly(tmp_path, option
 def test_sweep_with_unknown_dataset_lists_the_known_ones(tmp_path):
     result = runner.invoke(app, ["sweep", "--models", "crabnet", "--datasets", "nope",
                                  "--workdir", str(tmp_path / "w")])
-    assert result.exit_code == 2 and "nope" in result.output
+    assert result.exit_code == 2 and "unknown dataset 'nope'" in result.output
+    assert "did you mean" not in result.output and "matbench_steels" in result.output
+
+
+def test_sweep_with_a_mistyped_dataset_suggests_the_close_names(tmp_path):
+    result = runner.invoke(app, ["sweep", "--models", "crabnet", "--datasets", "mp_bulk_moduls",
+                                 "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2
+    assert "(did you mean 'mp_bulk_modulus'" in " ".join(result.output.split())
+    assert not (tmp_path / "w").exists()
+
+
+def test_leaderboard_on_a_missing_sqlite_file_fails_without_creating_it(tmp_path):
+    missing = tmp_path / "typo" / "mlflow.db"
+    result = runner.invoke(app, ["leaderboard", "--mlflow-uri", f"sqlite:///{missing}", "--out", str(tmp_path / "lb")])
+    assert result.exit_code == 2
+    assert f"no MLflow store at {missing}" in " ".join(result.output.split())
+    assert not missing.exists() and not (tmp_path / "lb").exists()
 
 
 def test_leaderboard_without_a_store_says_what_to_do(tmp_path):

@@ -8,6 +8,7 @@ published numbers line up. Loading lives in ``crabnet_wheel`` and ``matbench``.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -181,8 +182,10 @@ def resolve_datasets(text: str) -> list[str]:
         elif any(n.lower().startswith(token.lower() + ":") for n in CATALOG):  # "mp_2018_subset" -> its targets
             found = [n for n in CATALOG if n.lower().startswith(token.lower() + ":")]
         else:
+            close = difflib.get_close_matches(token.lower(), [*lower, *SUITES], n=3)
+            hint = f" (did you mean {' or '.join(repr(lower.get(c, c)) for c in close)}?)" if close else ""
             raise KeyError(
-                f"unknown dataset {token!r}. Known suites: {', '.join(SUITES)}, all. "
+                f"unknown dataset {token!r}{hint}. Known suites: {', '.join(SUITES)}, all. "
                 f"Known datasets: {', '.join(CATALOG)}"
             )
         names += [n for n in found if n not in names]

@@ -8,6 +8,7 @@ Everything downstream (trainer, sweep, leaderboard) reads only what is in a :cla
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -91,7 +92,9 @@ def get_model(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
+        close = difflib.get_close_matches(name.lower(), [*MODELS, *GROUPS], n=3)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
         raise KeyError(
-            f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}; "
+            f"unknown model {name!r}{hint}; known models: {', '.join(sorted(MODELS))}; "
             f"groups: {', '.join(sorted(GROUPS))}"
         ) from None
