@@ -39,6 +39,16 @@ GPUS_PER_TRIAL=${GPUS_PER_TRIAL:-0}
 # its own); each sweep's precision is shown in the pages' reproduce commands. Default fp32, the
 # precision of the committed pages.
 PRECISION=${PRECISION:-fp32}
+# ALIGNN and Crysformer (structure-heavy) dominate the job's cost: they train in bf16 where the
+# hardware has it (a GPU, or a CPU with AVX512-BF16 or AMX: ALIGNN 2.6-2.8x per epoch on an EPYC
+# with AVX512-BF16, Crysformer 2.9x on a Xeon with AMX; benchmarks/RESULTS.md), as
+# the pages' reproduce commands say (--precision bf16); HEAVY_PRECISION=fp32 keeps them in fp32.
+if [ -z "${HEAVY_PRECISION:-}" ]; then
+  HEAVY_PRECISION=$PRECISION
+  if awk "BEGIN { exit !($GPUS_PER_TRIAL > 0) }" || grep -qswE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then
+    HEAVY_PRECISION=bf16
+  fi
+fi
 NUM_CPUS=${NUM_CPUS:-}  # e.g. NUM_CPUS=1 leaves the other cores free; empty = all
 CPU_OPTION=()
 [ -n "$NUM_CPUS" ] && CPU_OPTION=(--num-cpus "$NUM_CPUS")
@@ -60,17 +70,17 @@ ATTENTION=crabnet,hotcrab,lgdcnn,lgdcnn_v1
 STRUCTURE_LIGHT=cgcnn,schnet,lern,irnet17_structure,irnet48_structure
 STRUCTURE_HEAVY=alignn,crysformer
 
-# stage name | models | datasets | final seeds | extra options. Cheapest first, and the fixed-split
+# stage name | models | datasets | final seeds | precision | extra options. Cheapest first, and the fixed-split
 # sets before the 5-fold Matbench tasks, so that every model family appears early.
 PLAN=(
-  "classical-extended|$CLASSICAL|$EXTENDED|2|--reuse-actors"
-  "fc-extended|$FC|$EXTENDED|2|"
-  "structure-light|$STRUCTURE_LIGHT|matbench_phonons|1|"
-  "attention-extended|$ATTENTION|$EXTENDED|2|"
-  "classical-matbench|$CLASSICAL|$MATBENCH|1|--reuse-actors"
-  "fc-matbench|$FC|$MATBENCH|1|"
-  "attention-matbench|$ATTENTION|$MATBENCH|1|"
-  "structure-heavy|$STRUCTURE_HEAVY|matbench_phonons|1|"
+  "classical-extended|$CLASSICAL|$EXTENDED|2|$PRECISION|--reuse-actors"
+  "fc-extended|$FC|$EXTENDED|2|$PRECISION|"
+  "structure-light|$STRUCTURE_LIGHT|matbench_phonons|1|$PRECISION|"
+  "attention-extended|$ATTENTION|$EXTENDED|2|$PRECISION|"
+  "classical-matbench|$CLASSICAL|$MATBENCH|1|$PRECISION|--reuse-actors"
+  "fc-matbench|$FC|$MATBENCH|1|$PRECISION|"
+  "attention-matbench|$ATTENTION|$MATBENCH|1|$PRECISION|"
+  "structure-heavy|$STRUCTURE_HEAVY|matbench_phonons|1|$HEAVY_PRECISION|"
 )
 STAGES=${STAGES:-"classical fc structure-light attention structure-heavy"}
 
@@ -81,7 +91,7 @@ wanted() {  # is stage $1 selected by a word of $STAGES (a prefix: "fc" selects 
 }
 
 for entry in "${PLAN[@]}"; do
-  IFS='|' read -r name models datasets seeds extra <<<"$entry"
+  IFS='|' read -r name models datasets seeds precision extra <<<"$entry"
   wanted "$name" || continue
   workdir="$ROOT/$name"
   echo "== $(date '+%F %T') stage $name: $models on $datasets"
@@ -91,7 +101,7 @@ for entry in "${PLAN[@]}"; do
   else
     # shellcheck disable=SC2086
     harness sweep --models "$models" --datasets "$datasets" --workdir "$workdir" --mlflow-uri "$MLFLOW_URI" \
-      "${BUDGET[@]}" --final-seeds "$seeds" --gpus-per-trial "$GPUS_PER_TRIAL" --precision "$PRECISION" \
+      "${BUDGET[@]}" --final-seeds "$seeds" --gpus-per-trial "$GPUS_PER_TRIAL" --precision "$precision" \
       "${CPU_OPTION[@]}" $extra
   fi
   harness leaderboard --mlflow-uri "$MLFLOW_URI" --out "$OUT"
