@@ -53,7 +53,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 
 from harness.data.dataset import Split
 from harness.featurize.base import Features
-from harness.training.allocator import keep_freed_memory
+from harness.training.allocator import keep_freed_memory, release_freed_memory
 from harness.training.config import TrainConfig, crabnet_batch_size
 from harness.training.losses import compute_loss, point_prediction
 from harness.training.metrics import regression_metrics
@@ -283,6 +283,8 @@ class Trainer:
         if self._swa_due():
             self.swa_model.update_parameters(self.model)
         val = self._evaluate(self.model, self.split.val)
+        if self.device.type == "cpu":
+            release_freed_memory()  # a fragmented heap would otherwise grow every epoch
         if val["mae"] < self.best_val_mae:
             self.best_val_mae, self.best_epoch, self.bad_epochs = val["mae"], self.epoch, 0
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
