@@ -407,6 +407,7 @@ def render(records: list[dict]) -> str:
         "been lost. "
         "CGCNN with 80,065 parameters is PyG's plain CGConv; with 80,833 it has the reference's BatchNorm of "
         "the gate and core pre-activations (`gate_batch_norm`, the default since 2026-12-02). "
+        "Crysformer trains with a one-cycle LR since 2026-12-04 (constant before: those rows say scheduler=none). "
         "Baselines: Dummy predicts the mean of the fold's training rows; RF is scikit-learn's (100 trees) on the "
         "145 Magpie attributes, beside the leaderboard's RF-SCM/Magpie (which adds sine-Coulomb-matrix features). "
         + legend, "", *table, "", *five_fold_means(records), *fold_difficulty(records)])
