@@ -1,6 +1,7 @@
 """Training steps on CPU under glibc malloc's defaults vs with freed memory kept in the heap.
 
     python benchmarks/cpu_allocator.py [--models alignn,cgcnn] [--steps 40] [--no-write]
+    python benchmarks/cpu_allocator.py --resident [--models crysformer] [--epochs 8] [--rows 512]
 
 Why: the 40-epoch ALIGNN runs on matbench_phonons spent ~21 % of their CPU time in the kernel
 (2026-12-04: 866 s system vs 3,198 s user after 30 epochs, ~60,000 minor page faults a second).
@@ -16,6 +17,14 @@ process start), ``harness`` (``keep_freed_memory()`` called at start, as the tra
 process builds the model's default architecture, warms up 5 steps, then times ``--steps``
 training steps (batch 32, 1 torch thread, fp32, eager) on matbench_phonons with the graphs of
 its sweeps, and reports wall, user and system seconds and minor page faults from ``getrusage``.
+
+``--resident``: a second question, resident memory over a long fit. The trainer itself (its
+``fit``) trains ``--epochs`` epochs of a model (default Crysformer, bf16, 1 thread) on the first
+``--rows`` training rows of fold 0, one process per setting: ``default`` (glibc as is, nothing
+trimmed), ``keep`` (the trainer's ``mallopt`` settings, nothing trimmed: the trainer until
+2026-12-04), ``keep+trim`` (the trainer now: also ``malloc_trim`` after every epoch), and reports
+per epoch the resident size and the process's CPU seconds (user + system: robust to a shared
+machine's load, unlike wall time). Its own section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from _results import load_now, machine, publish  # noqa: E402
 
 SECTION = "cpu_allocator"
 SETTINGS = ("default", "tunables", "harness")
+RESIDENT_SECTION = "cpu_allocator_resident"
+RESIDENT_SETTINGS = ("default", "keep", "keep+trim")
 TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"
 
 
@@ -85,6 +96,79 @@ def child(name: str, steps: int, setting: str) -> dict:
             "rows": int(np.sum([len(b) for b in batches[5:]]))}
 
 
+def resident_child(name: str, setting: str, epochs: int, rows: int, precision: str) -> dict:
+    """Fit ``name`` for ``epochs`` with the trainer under ``setting``; resident MB and CPU s per epoch."""
+    import numpy as np
+
+    from harness.data import load_dataset
+    from harness.data.dataset import Split
+    from harness.featurize import featurize
+    from harness.models import get_model
+    from harness.training import TrainConfig, Trainer
+    from harness.training import trainer as trainer_module
+
+    # The settings switch the trainer's two calls off (the trainer makes them on every CPU fit).
+    if setting == "default":
+        trainer_module.keep_freed_memory = lambda: False
+    if setting != "keep+trim":
+        trainer_module.release_freed_memory = lambda: False
+
+    def resident_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def cpu_s() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    ds = load_dataset("matbench_phonons")
+    spec = get_model(name)
+    features = featurize(spec.input_kind, ds)
+    fold = ds.split("fold0")
+    split = Split("fold0", fold.train[:rows], fold.val, fold.test)
+    config = TrainConfig.from_dict({**spec.train_defaults, "epochs": epochs, "precision": precision,
+                                    "num_threads": 1})
+    model = spec.build(spec.make_config(), features.info)
+    trace: list[dict] = []
+    last = [cpu_s()]
+
+    def on_epoch(metrics: dict, _trainer) -> None:
+        now = cpu_s()
+        trace.append({"epoch": int(metrics["epoch"]), "resident_mb": resident_mb(), "cpu_s": now - last[0],
+                      "wall_s": metrics["epoch_seconds"]})
+        last[0] = now
+        print(f"{setting} epoch {trace[-1]['epoch']}: {trace[-1]['resident_mb']:,.0f} MB, "
+              f"{trace[-1]['cpu_s']:.1f} CPU s", file=sys.stderr, flush=True)
+
+    Trainer(model, features, np.asarray(ds.targets), split, config).fit(on_epoch)
+    return {"model": name, "setting": setting, "precision": precision, "rows": rows, "trace": trace}
+
+
+def resident(args: argparse.Namespace) -> None:
+    header = machine(1)
+    results = []
+    for setting in RESIDENT_SETTINGS:
+        out = subprocess.run([sys.executable, __file__, "--resident-child", setting, "--models", args.models,
+                              "--epochs", str(args.epochs), "--rows", str(args.rows), "--precision", args.precision],
+                             env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, text=True,
+                             check=True)
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    epochs = [t["epoch"] for t in results[0]["trace"]]
+    table = ["| setting | " + " | ".join(f"epoch {e}" for e in epochs) + " | CPU s per epoch (after the first) |",
+             "|---|" + "---:|" * (len(epochs) + 1)]
+    for r in results:
+        later = [t["cpu_s"] for t in r["trace"][1:]] or [r["trace"][0]["cpu_s"]]
+        table.append(f"| {r['setting']} | " + " | ".join(f"{t['resident_mb']:,.0f}" for t in r["trace"])
+                     + f" | {sum(later) / len(later):.1f} |")
+    body = "\n".join([
+        "## CPU allocator: resident memory over a fit (`benchmarks/cpu_allocator.py --resident`)", "",
+        f"{results[0]['model']}, {args.precision}, 1 thread, the trainer's `fit` on the first {args.rows} training rows "
+        f"of matbench_phonons fold 0 (val rows scored every epoch); resident size (MB) after each epoch, one process "
+        f"per setting: `default` glibc as is; `keep` the trainer's mallopt settings without trimming (the trainer "
+        f"until 2026-12-04); `keep+trim` the trainer now (`malloc_trim` after every epoch). CPU: {header}, "
+        f"{load_now()} at the end", "", *table, ""])
+    publish(RESIDENT_SECTION, body, write=not args.no_write)
+
+
 def run(name: str, steps: int, setting: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if setting == "tunables":
@@ -101,7 +185,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="rounds of all settings, interleaved")
     ap.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--resident", action="store_true", help="resident memory over a fit instead (see above)")
+    ap.add_argument("--epochs", type=int, default=8, help="--resident: epochs per fit")
+    ap.add_argument("--rows", type=int, default=512, help="--resident: training rows")
+    ap.add_argument("--precision", default="bf16", help="--resident: fp32 or bf16")
+    ap.add_argument("--resident-child", choices=RESIDENT_SETTINGS, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.resident_child:
+        print(json.dumps(resident_child(args.models, args.resident_child, args.epochs, args.rows, args.precision)))
+        return
+    if args.resident:
+        if args.models == ap.get_default("models"):
+            args.models = "crysformer"
+        resident(args)
+        return
     if args.child:
         print(json.dumps(child(args.models, args.steps, args.child)))
         return

@@ -21,17 +21,20 @@ FRAGMENTED_HEAP = textwrap.dedent("""
         return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 
     assert keep_freed_memory()  # large blocks from the heap, as the trainer's steps get them
-    blocks = [np.ones(1 << 17) for _ in range(2000)]  # 2,000 x 1 MiB, written (resident)
+    blocks = [np.ones(1 << 17) for _ in range(3000)]  # 3,000 x 1 MiB, written (resident)
     del blocks[::2]  # every other block freed: holes a trim at the heap's top cannot reach
     before = resident_mb()
-    trimmed = release_freed_memory()
-    print(json.dumps({"before": before, "after": resident_mb(), "trimmed": trimmed}))
+    kept = release_freed_memory(keep=4 << 30)  # less free than that: nothing trimmed
+    unchanged = resident_mb()
+    trimmed = release_freed_memory()  # 1.5 GiB free > the default 1 GiB kept
+    print(json.dumps({"before": before, "unchanged": unchanged, "after": resident_mb(), "kept": kept,
+                      "trimmed": trimmed}))
 """)
 
 
 def test_release_freed_memory_returns_the_holes_of_a_fragmented_heap():
     out = subprocess.run([sys.executable, "-c", FRAGMENTED_HEAP], capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["trimmed"] is True
-    # ~1,000 MiB of freed 1 MiB holes stay resident until trimmed; after it ~1,000 MiB live remain.
-    assert r["before"] - r["after"] > 800, r
+    # ~1,500 MiB of freed 1 MiB holes stay resident until trimmed; after it ~1,500 MiB live remain.
+    assert r["kept"] is False and abs(r["unchanged"] - r["before"]) < 50, r
+    assert r["trimmed"] is True and r["before"] - r["after"] > 1200, r

@@ -7,8 +7,9 @@ the ALIGNN runs on matbench_phonons spent ~21 % of their CPU time in the kernel 
 ``mallopt`` settings serve large blocks from the heap and keep what is freed for the next step
 (the CPU tuning guides of Intel's extension for PyTorch and of DGL get the same effect from
 tcmalloc/jemalloc through ``LD_PRELOAD``; those need a system package and a restart, this
-needs neither).
-Measured by ``benchmarks/cpu_allocator.py``.
+needs neither). And once per epoch, ``release_freed_memory`` hands the free pages of a
+fragmented heap back (variable-size graph batches under bf16 grew it ~1 GB per epoch).
+Measured by ``benchmarks/cpu_allocator.py`` (``--resident`` for the second).
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ M_MMAP_MAX = -4  # <malloc.h>: at most this many blocks served by mmap (0: none)
 TRIM_THRESHOLD = 1 << 30
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (glibc >= 2.33): totals over every arena, in bytes."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
 @functools.lru_cache(maxsize=1)
 def _glibc() -> ctypes.CDLL | None:
     """The C library when it is glibc (has ``mallopt`` and ``malloc_trim``), else None."""
@@ -32,6 +40,8 @@ def _glibc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
         libc.malloc_trim.argtypes, libc.malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+        if hasattr(libc, "mallinfo2"):  # glibc >= 2.33; without it every call trims
+            libc.mallinfo2.argtypes, libc.mallinfo2.restype = (), _MallInfo2
     except (OSError, AttributeError):  # musl and other C libraries have neither
         return None
     return libc
@@ -50,8 +60,15 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-def release_freed_memory() -> bool:
-    """Return the free pages inside the heap to the OS (``malloc_trim(0)``); False without glibc.
+def free_heap_bytes() -> int | None:
+    """Bytes that malloc holds free in its arenas (``mallinfo2().fordblks``); None if unknown."""
+    libc = _glibc()
+    return int(libc.mallinfo2().fordblks) if libc is not None and hasattr(libc, "mallinfo2") else None
+
+
+def release_freed_memory(keep: int = TRIM_THRESHOLD) -> bool:
+    """Return the free pages inside the heap to the OS (``malloc_trim(0)``) when malloc holds more
+    than ``keep`` bytes free; True when it trimmed, False otherwise and without glibc.
 
     The trainer calls it once per epoch on CPU. Batches of graphs differ in size, so a step's
     temporaries differ too, and the heap fragments: freed blocks too small for the next request
@@ -59,8 +76,18 @@ def release_freed_memory() -> bool:
     grew without bound: Crysformer on 512 matbench_phonons structures, 1 thread, eager, resident
     size after each epoch 3.3 -> 8.1 GB in 6 epochs (compiled 3.2 -> 6.4 GB in 8; fp32 flat at
     1.5 GB), and a 100-epoch fit reached 11 GB by epoch 45. Trimmed after every epoch: 0.7 -> 1.1
-    GB, flat from the fourth epoch. A step still reuses the memory it freed within the epoch; only
-    the first step of the next epoch faults its pages in again.
+    GB, flat from the fourth epoch (``cpu_allocator.py --resident``: 9.8 GB after 8 epochs
+    untrimmed). A step still reuses the memory it freed within the epoch; only the first step of
+    the next epoch faults its pages in again: 24.0 vs 21.8 CPU s per epoch of 8 steps there, a
+    share that shrinks with more steps per epoch, the price of a bounded fit. Below ``keep`` free bytes (the
+    1 GiB that ``keep_freed_memory`` lets the heap's top hold anyway) nothing is trimmed: a fit
+    whose heap does not fragment (fp32 here) keeps its pages and pays no faults.
     """
     libc = _glibc()
-    return libc is not None and bool(libc.malloc_trim(0))
+    if libc is None:
+        return False
+    free = free_heap_bytes()
+    if free is not None and free <= keep:
+        return False
+    libc.malloc_trim(0)
+    return True
