@@ -164,7 +164,7 @@ def resident(args: argparse.Namespace) -> None:
         f"{results[0]['model']}, {args.precision}, 1 thread, the trainer's `fit` on the first {args.rows} training rows "
         f"of matbench_phonons fold 0 (val rows scored every epoch); resident size (MB) after each epoch, one process "
         f"per setting: `default` glibc as is; `keep` the trainer's mallopt settings without trimming (the trainer "
-        f"until 2026-12-04); `keep+trim` the trainer now (`malloc_trim` after every epoch). CPU: {header}, "
+        f"until 2026-12-04); `keep+trim` the trainer now (`malloc_trim` after an epoch that leaves over 1 GiB free in malloc). CPU: {header}, "
         f"{load_now()} at the end", "", *table, ""])
     publish(RESIDENT_SECTION, body, write=not args.no_write)
 
