@@ -75,7 +75,7 @@ def _run_or_report_interrupt(run_sweep, *args, **kwargs) -> None:
         run_sweep(*args, **kwargs)
     except SweepInterrupted as exc:
         err.print(f"[yellow]stopped:[/] {exc}")
-        raise typer.Exit(130)
+        raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt:  # Ctrl+C outside a Tune search (featurizing, final fits)
         workdir = Path(args[0].workdir).resolve()
         err.print(f"[yellow]stopped:[/] interrupted. Continue with: harness sweep --resume {workdir}")

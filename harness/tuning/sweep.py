@@ -104,6 +104,14 @@ class SweepOptions:
 class SweepInterrupted(RuntimeError):
     """Ctrl+C (SIGINT) stopped a search: its state is saved and ``--resume`` continues it."""
 
+    exit_code = 130  # the shell's code for SIGINT
+
+
+class SweepOutOfMemory(SweepInterrupted):
+    """Ray's memory monitor kept killing a search's trial workers: the sweep stops, state saved."""
+
+    exit_code = 1
+
 
 @dataclass
 class SearchOutcome:
@@ -575,13 +583,15 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
     trainable = _search_trainable(context, registered_name,
                                   {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     space = load_space(spec, opts.space_dir)
-    if tune.Tuner.can_restore(experiment_path):
+    def restored():
         # Our own experiment directory (trusted): Ray restores its pickled state, the
         # searcher (same Optuna study) and the callbacks (same trial -> run mapping).
+        return tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True,
+                                  resume_errored=True, param_space=space)
+
+    if tune.Tuner.can_restore(experiment_path):
         console.print(f"{label}: resuming the Tune experiment at {experiment_path}")
-        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True,
-                                   resume_errored=True, param_space=space)
-        return _fit_keeping_sigint(tuner)
+        return _fit_surviving_memory_kills(restored(), restored, opts, label, workdir)
     searcher = TruthfulOptunaSearch(
         sampler=make_sampler(opts.sampler, opts.seed),
         storage=_optuna_storage(workdir),
@@ -625,7 +635,40 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
-    return _fit_keeping_sigint(tuner)
+    return _fit_surviving_memory_kills(tuner, restored, opts, label, workdir)
+
+
+def _fit_surviving_memory_kills(tuner, restored, opts, label: str, workdir: Path) -> tuple[Any, bool]:
+    """``_fit_keeping_sigint(tuner)``, continuing the search when Ray's memory monitor kills a
+    trial's worker (the node above 95 % memory, e.g. another job's peak).
+
+    Ray 2.60's Tune does not count such a kill as a trial failure: the ``OutOfMemoryError`` is
+    neither an actor nor a task error to its actor manager, which raises "Caught unexpected
+    exception" out of ``Tuner.fit`` and so would crash the whole sweep (seen on 2 cores with a
+    9 GB fit running beside the sweep). The experiment is saved as it runs, so the search is
+    restored (unfinished trials from their last checkpoint) up to ``--max-failures`` times; then
+    the sweep stops with its state saved and says what to do.
+    """
+    import ray
+
+    for attempt in range(opts.max_failures + 1):
+        try:
+            return _fit_keeping_sigint(tuner)
+        except RuntimeError as exc:
+            if not isinstance(exc.__cause__, ray.exceptions.OutOfMemoryError):
+                raise
+            why = str(exc.__cause__).split("\n")[0]
+            if attempt == opts.max_failures:
+                _STOP.set()  # searches running beside this one save their state and stop too
+                raise SweepOutOfMemory(
+                    f"{label}: Ray killed this search's trial workers for memory {attempt + 1} times "
+                    f"({why}). Free memory on the node (other jobs), or run fewer trials at once "
+                    f"(--max-concurrent-trials, --concurrent-searches, --num-cpus), then continue with: "
+                    f"harness sweep --resume {workdir}") from exc
+            console.print(f"[yellow]{label}: Ray killed a trial's worker for memory ({why}); continuing the "
+                          f"search from its saved state ({attempt + 1} of {opts.max_failures})[/]", highlight=False)
+            tuner = restored()
+    raise AssertionError("unreachable")
 
 
 _LEGACY_TRAINABLE_NAME = "_trial_entry"
