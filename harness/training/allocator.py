@@ -78,10 +78,10 @@ def release_freed_memory(keep: int = TRIM_THRESHOLD) -> bool:
     1.5 GB), and a 100-epoch fit reached 11 GB by epoch 45. Trimmed after every epoch: 0.7 -> 1.1
     GB, flat from the fourth epoch (``cpu_allocator.py --resident``: 9.8 GB after 8 epochs
     untrimmed). A step still reuses the memory it freed within the epoch; only the first step of
-    the next epoch faults its pages in again: 24.0 vs 21.8 CPU s per epoch of 8 steps there, a
-    share that shrinks with more steps per epoch, the price of a bounded fit. Below ``keep`` free bytes (the
-    1 GiB that ``keep_freed_memory`` lets the heap's top hold anyway) nothing is trimmed: a fit
-    whose heap does not fragment (fp32 here) keeps its pages and pays no faults.
+    the next epoch faults its pages in again: 24.0 vs 21.8 CPU s per epoch of 8 steps there (with
+    more steps per epoch the share should be smaller; not measured), the price of a bounded fit.
+    Below ``keep`` free bytes (the 1 GiB that ``keep_freed_memory`` lets the heap's top hold
+    anyway) nothing is trimmed, so a fit whose heap stays below that keeps its pages.
     """
     libc = _glibc()
     if libc is None:
