@@ -96,4 +96,10 @@ def test_a_memory_kill_raised_out_of_tune_restores_the_search_and_it_finishes(tm
     client = MlflowClient(default_tracking_uri(workdir))
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
     trials = [r for r in runs if r.data.tags.get("stage") == "trial"]
-    assert len(trials) == 3  # no duplicate run for the trial that was running when it happened
+    # A trial started after Ray's last snapshot is not in the restored search (Ray runs another
+    # in its place): its run is closed and tagged lost, not counted (CI 2026-12-05: 4 runs, 3 kept).
+    lost = [r for r in trials if r.data.tags.get("trial_state") == "lost"]
+    assert len(lost) <= 1 and all(r.info.status in ("KILLED", "FINISHED") for r in lost)
+    counted = [r for r in trials if r.data.tags.get("trial_state") != "lost"]
+    assert len(counted) == 3  # no duplicate run for the trial that was running when it happened
+    assert len({r.data.tags["trial_id"] for r in counted}) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import optuna
@@ -301,15 +302,23 @@ def test_a_trial_run_that_ray_lost_is_closed_as_lost_at_the_end_of_its_search(tm
     client = MlflowClient(uri)
     parent = client.create_run(experiment).info.run_id
     logger = TrialRunLogger(uri, experiment, parent, {"model": "ridge"}, tmp_path / "runs.json", "trial_finished")
-    kept, lost, done = (SimpleNamespace(trial_id=t, config={"x": 1}) for t in ("kept", "lost", "done"))
-    runs = {t.trial_id: logger.run_id(t) for t in (kept, lost, done)}  # all started, all mapped
+    kept, lost, done, orphan = (SimpleNamespace(trial_id=t, config={"x": 1}) for t in ("kept", "lost", "done", "orphan"))
+    runs = {t.trial_id: logger.run_id(t) for t in (kept, lost, done, orphan)}  # all started, all mapped
+    # "orphan": the driver was killed after its run was made, before the mapping was saved
+    mapping = json.loads((tmp_path / "runs.json").read_text())
+    del mapping["orphan"]
+    (tmp_path / "runs.json").write_text(json.dumps(mapping))
     # "done" started and finished between two of Ray's snapshots (CI, 2026-12-04: a 6th run
     # beside the 5 the resumed search counted)
     logger.on_trial_result(0, [], done, {"epoch": 1, "val_mae": 2.5})
     logger.on_trial_complete(0, [], SimpleNamespace(trial_id="done", config={"x": 1},
                                                     last_result={"trial_finished": True}))
     resumed = TrialRunLogger(uri, experiment, parent, {"model": "ridge"}, tmp_path / "runs.json", "trial_finished")
-    resumed.on_experiment_end([kept])  # Ray restored only "kept" (still running: left alone)
+    second = resumed.run_id(orphan)  # Ray had "orphan" in its snapshot and runs it again: a new run
+    resumed.on_experiment_end([kept, orphan])  # Ray restored "kept" (still running: left alone) and "orphan"
+    first = client.get_run(runs["orphan"])
+    assert second != runs["orphan"] and first.info.status == "KILLED" and first.data.tags["trial_state"] == "lost"
+    assert client.get_run(second).info.status == "RUNNING"  # the one the search counts
     lost_run, kept_run, done_run = (client.get_run(runs[t]) for t in ("lost", "kept", "done"))
     assert lost_run.info.status == "KILLED" and lost_run.data.tags["trial_state"] == "lost"
     assert "driver was killed" in lost_run.data.tags["error"]

@@ -20,6 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from harness.tuning.trial import ERROR_KEY, FINISHED_KEY  # noqa: F401  (re-exported)
 
 SAMPLERS = ("tpe", "random", "cmaes")
+RAY_TRIAL_ATTR = "ray_trial_id"  # Optuna user attribute: the Ray trial an Optuna trial is
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -40,6 +41,33 @@ class TruthfulOptunaSearch(OptunaSearch):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._reported_steps: dict[str, set[int]] = {}
+
+    def suggest(self, trial_id: str) -> Optional[dict]:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and RAY_TRIAL_ATTR not in ot_trial.user_attrs:
+            # Optuna's storage then says which Ray trial each Optuna trial is, for a searcher
+            # restored from a snapshot older than the trials (see ``match_trials``).
+            ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return config
+
+    def match_trials(self, trial_ids: set[str]) -> None:
+        """Make this searcher agree with the restored experiment's trials ``trial_ids``.
+
+        Ray saves the trial list and the searcher in separate files; a driver killed while they
+        are copied to storage can leave a searcher older or newer than the trial list. A trial
+        the searcher never saw is found in Optuna's storage (by its Ray trial id) so that its
+        result still reaches Optuna; an Optuna trial whose Ray trial the experiment no longer
+        has will never be told, and is told FAIL (Ray runs another trial in its place).
+        """
+        for frozen in self._ot_study.get_trials(deepcopy=False):
+            trial_id = frozen.user_attrs.get(RAY_TRIAL_ATTR)
+            if trial_id in trial_ids and trial_id not in self._ot_trials:
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+        for trial_id in sorted(set(self._ot_trials) - trial_ids):
+            if not self._already_told(trial_id):
+                self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.FAIL)
+                self._completed_trials.add(trial_id)
 
     def _already_told(self, trial_id: str) -> bool:
         """True if Optuna already holds this trial's end. A resumed sweep restores this

@@ -576,6 +576,9 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
     (results, whether a Ctrl+C came during it)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from harness.tuning.restored_search import ReconciledSearchGenerator
 
     spec = get_model(model)
     storage_root = opts.storage or str(workdir / "ray_results")
@@ -614,11 +617,14 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode="min", search_alg=searcher, scheduler=scheduler,
+            metric=METRIC, mode="min", scheduler=scheduler,
+            # The concurrency limit is also how many trials Tune asks the cluster for at once:
+            # without it Tune keeps one trial pending at a time for a custom searcher, and short
+            # trials never overlap. (Tune's max_concurrent_trials builds the same wrapping, but
+            # with its own generator, which a torn snapshot can leave out of step on restore.)
+            search_alg=ReconciledSearchGenerator(ConcurrencyLimiter(
+                searcher, max_concurrent=opts.max_concurrent_trials or _trial_slots(opts))),
             num_samples=opts.num_samples,
-            # Also how many trials Tune asks the cluster for at once: without it Tune keeps
-            # one trial pending at a time for a custom searcher, and short trials never overlap.
-            max_concurrent_trials=opts.max_concurrent_trials or _trial_slots(opts),
             # --reuse-actors: a trial's worker process (torch, the featurized data) serves the
             # next trial; worth it for many short trials (seconds per start), but reused
             # workers stay where they are, so trials spread less over the nodes.

@@ -240,22 +240,36 @@ class TrialRunLogger(tune.Callback):
         and end between two snapshots, which come at most every 10 s), MLflow keeps what it
         recorded, status and metrics, but the run is tagged ``lost`` too: the search that resumed
         does not count it, so it is not one of the search's trials.
+
+        The runs are read from MLflow (this search's trial runs), not only from the trial -> run
+        mapping: a driver killed between creating a trial's run and saving the mapping leaves a
+        run the mapping does not name, and the trial, if restored, gets a second one.
         """
-        known = {t.trial_id for t in trials}
-        for trial_id, run_id in sorted(self.runs.items()):
-            if trial_id in known:
+        current = {t.trial_id: self.runs.get(t.trial_id) for t in trials}
+        for run in self._trial_runs():
+            run_id, trial_id = run.info.run_id, run.data.tags.get("trial_id")
+            if current.get(trial_id) == run_id:
                 continue
-            if not self._is_closed(trial_id, run_id):
+            if run.info.status == "RUNNING":
                 self._closed[trial_id] = True
                 self.client.log_batch(run_id, tags=[RunTag("trial_state", "lost"), RunTag("error", _LOST_RUNNING)])
                 self.client.set_terminated(run_id, "KILLED")
-                continue
-            recorded = self.client.get_run(run_id).data.tags
-            if recorded.get("trial_state") != "lost":
+            elif run.data.tags.get("trial_state") != "lost":
                 tags = [RunTag("trial_state", "lost")]
-                if "error" not in recorded:
+                if "error" not in run.data.tags:
                     tags.append(RunTag("error", _LOST_FINISHED))
                 self.client.log_batch(run_id, tags=tags)
+
+    def _trial_runs(self) -> list:
+        """This search's trial runs in MLflow (all pages)."""
+        query = f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.stage = 'trial'"
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], query, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
 
 _LOST_RUNNING = ("lost when the sweep's driver was killed before Ray saved the trial; "
