@@ -355,3 +355,23 @@ def test_git_commit_is_dirty_for_code_changes_not_for_benchmark_records(tmp_path
     assert read(tmp_path) == head  # outputs and untracked files: the code is the commit's
     (tmp_path / "harness" / "model.py").write_text("x = 2\n")
     assert read(tmp_path) == head + "-dirty"
+
+
+def test_rays_restore_warning_about_trials_without_results_is_dropped_and_others_kept(caplog):
+    # Ray's own message (ray/tune/analysis/experiment_analysis.py), for a pending trial and for a
+    # result file that cannot be read
+    import logging
+
+    from harness.tuning.sweep import _quiet_restore_of_trials_without_results
+
+    _quiet_restore_of_trials_without_results()
+    _quiet_restore_of_trials_without_results()  # once per resumed search: one filter
+    ray_logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    assert len(ray_logger.filters) == 1
+    missing = ("Failed to fetch metrics for 1 trial(s):\n- srnet17_5a14b035_2df3dc2e: FileNotFoundError('Could not "
+               "fetch metrics for srnet17_5a14b035_2df3dc2e: both result.json and progress.csv were not found at /x')")
+    unreadable = "Failed to fetch metrics for 1 trial(s):\n- ridge_1: JSONDecodeError('Expecting value: line 1')"
+    with caplog.at_level(logging.WARNING, logger=ray_logger.name):
+        ray_logger.warning(missing)
+        ray_logger.warning(unreadable)
+    assert [r.getMessage() for r in caplog.records] == [unreadable]

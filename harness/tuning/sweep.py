@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -589,6 +590,7 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
     def restored():
         # Our own experiment directory (trusted): Ray restores its pickled state, the
         # searcher (same Optuna study) and the callbacks (same trial -> run mapping).
+        _quiet_restore_of_trials_without_results()
         return tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True,
                                   resume_errored=True, param_space=space)
 
@@ -675,6 +677,25 @@ def _fit_surviving_memory_kills(tuner, restored, opts, label: str, workdir: Path
                           f"search from its saved state ({attempt + 1} of {opts.max_failures})[/]", highlight=False)
             tuner = restored()
     raise AssertionError("unreachable")
+
+
+class _TrialsWithoutResults(logging.Filter):
+    """Drops Ray's restore-time warning "Failed to fetch metrics for N trial(s): ... both
+    result.json and progress.csv were not found" when that is all it says: those trials had not
+    reported (pending, or started just before the stop) and the resumed search runs them. It read
+    as an error in every resumed sweep's output. Other fetch failures still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Failed to fetch metrics"):
+            return True
+        return not all("were not found" in line for line in message.splitlines()[1:])
+
+
+def _quiet_restore_of_trials_without_results() -> None:
+    ray_logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    if not any(isinstance(f, _TrialsWithoutResults) for f in ray_logger.filters):
+        ray_logger.addFilter(_TrialsWithoutResults())
 
 
 _LEGACY_TRAINABLE_NAME = "_trial_entry"
