@@ -22,10 +22,16 @@ from harness.tuning.tracking import default_tracking_uri
 pytestmark = pytest.mark.slow
 
 SEARCHER_FILES = ("search_gen_state-*", "searcher-state-*")
+TRIAL_LIST = "experiment_state-*"
 TRIALS = 4
 
 
-def test_a_search_restored_beside_an_older_searcher_runs_exactly_its_trials(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("torn", ["older searcher", "newer searcher"])
+def test_a_search_restored_from_a_torn_snapshot_runs_exactly_its_trials(torn: str, tmp_path: Path, monkeypatch):
+    """*older searcher*: the trial list as of the stop beside the searcher of one trial before
+    (what CI hit: without the fix Tune runs TRIALS + 1 trials). *newer searcher*: the searcher as
+    of the stop beside the trial list of one trial before (without the fix: TRIALS - 1 trials,
+    the lost trial holding the only concurrency slot, and its Optuna trial left RUNNING)."""
     import ray
     from ray.air.execution._internal.actor_manager import RayActorManager
 
@@ -33,14 +39,14 @@ def test_a_search_restored_beside_an_older_searcher_runs_exactly_its_trials(tmp_
     from harness.tuning.sweep import SweepOptions, SweepOutOfMemory, run_sweep
 
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # a snapshot at every step: each count is seen
-    saved: list[tuple[int, Path]] = []  # (trials the generator had made, copy of the searcher files)
+    saved: list[tuple[int, Path]] = []  # (trials the generator had made, copy of the snapshot's files)
     original_save = ReconciledSearchGenerator.save_to_dir
 
     def keeping_copies(self, dirpath, session_str):
-        original_save(self, dirpath, session_str)
-        copy = tmp_path / "searcher-versions" / str(len(saved))
+        original_save(self, dirpath, session_str)  # Tune wrote the trial list just before
+        copy = tmp_path / "snapshots" / str(len(saved))
         copy.mkdir(parents=True)
-        for pattern in SEARCHER_FILES:
+        for pattern in (*SEARCHER_FILES, TRIAL_LIST):
             for path in Path(dirpath).glob(pattern):
                 shutil.copy2(path, copy / path.name)
         saved.append((self._counter, copy))
@@ -69,25 +75,38 @@ def test_a_search_restored_beside_an_older_searcher_runs_exactly_its_trials(tmp_
 
     (experiment,) = [p for p in (workdir / "ray_results").iterdir() if p.is_dir()]
     made = len(snapshot_trials(experiment))
-    assert 1 <= made < TRIALS, f"the search should stop mid-way ({made} trials in its snapshot)"
-    older = [copy for count, copy in saved if count == made - 1]
-    assert older, f"no searcher snapshot with {made - 1} trials among {[c for c, _ in saved]}"
-    for path in older[-1].iterdir():  # the torn copy: newer trial list, older searcher
-        assert (experiment / path.name).exists()
-        shutil.copy2(path, experiment / path.name)
+    assert 2 <= made < TRIALS, f"the search should stop mid-way ({made} trials in its snapshot)"
+    by_count = {count: copy for count, copy in saved}  # the last snapshot of each count
+    assert {made - 1, made} <= set(by_count), f"snapshots seen: {[c for c, _ in saved]}"
+    if torn == "older searcher":  # the trial list as of the stop, the searcher of one trial before
+        _copy(by_count[made - 1], SEARCHER_FILES, experiment)
+    else:  # the searcher as of the stop, the trial list of one trial before
+        _copy(by_count[made], SEARCHER_FILES, experiment)
+        _copy(by_count[made - 1], (TRIAL_LIST,), experiment)
+    assert len(snapshot_trials(experiment)) == (made if torn == "older searcher" else made - 1)
 
     (outcome,) = run_sweep(SweepOptions(models=[], datasets=[], workdir=workdir), resume=True)
 
-    assert outcome.completed + outcome.pruned + outcome.failed == TRIALS  # not TRIALS + 1
+    assert outcome.completed + outcome.pruned + outcome.failed == TRIALS
     assert len(outcome.test_mae) == 1 and outcome.test_mae[0] > 0
     client = MlflowClient(default_tracking_uri(workdir))
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
     counted = [r for r in runs if r.data.tags.get("stage") == "trial" and r.data.tags.get("trial_state") != "lost"]
     assert len(counted) == TRIALS and len({r.data.tags["trial_id"] for r in counted}) == TRIALS
     assert all(r.info.status == "FINISHED" for r in counted)
-    # The trial the older searcher never saw still told Optuna its result: no trial left RUNNING.
-    (study,) = optuna.get_all_study_summaries(f"sqlite:///{workdir / 'optuna.db'}")
-    trials = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{workdir / 'optuna.db'}").trials
+    # Optuna: every trial told (the one the older searcher never saw told its result; the one
+    # the restored trial list lost told FAIL), none left RUNNING.
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    (study,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=study.study_name, storage=storage).trials
     assert all(t.state.is_finished() for t in trials), [t.state for t in trials]
     told = {t.user_attrs["ray_trial_id"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert {r.data.tags["trial_id"] for r in counted if r.data.tags["trial_state"] == "completed"} <= told
+
+
+def _copy(snapshot: Path, patterns, experiment: Path) -> None:
+    """Put a snapshot's files over the experiment's own (same names: same Tune session)."""
+    for pattern in patterns:
+        for path in snapshot.glob(pattern):
+            assert (experiment / path.name).exists()
+            shutil.copy2(path, experiment / path.name)
