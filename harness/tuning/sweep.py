@@ -509,12 +509,23 @@ def _search_and_evaluate(
             opts, workdir, search_name) else trainable_name(search_name, model))
         _save_state(workdir, search_name, state)
         results, signalled = _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label,
-                                         parent_run_id, tags, model, context, name)
+                                         parent_run_id, tags, model, context, name, _tune_name(search_name, state))
         if signalled or _STOP.is_set() or _interrupted(results, opts.num_samples):
             # Tune catches SIGINT, saves the experiment and returns normally: the search must stay
             # "searching" (not be judged on the trials so far) so that --resume finishes it.
             raise SweepInterrupted(f"{label}: interrupted; its trials and Optuna study are saved. "
                                    f"Continue with: harness sweep --resume {workdir}")
+        if _every_trial_killed_for_memory(results):
+            # The node's trouble, not the model's: --resume runs the search again, as a new Tune
+            # experiment (the killed trials' runs stay in MLflow, tagged lost at its end).
+            state["memory_reruns"] = state.get("memory_reruns", 0) + 1
+            _save_state(workdir, search_name, state)
+            _STOP.set()  # searches running beside this one save their state and stop too
+            raise SweepOutOfMemory(
+                f"{label}: Ray killed the worker of every trial ({len(results)}) for memory "
+                f"({_first_line(results[0].error)}). Free memory on the node (other jobs), or run fewer "
+                f"trials at once (--max-concurrent-trials, --concurrent-searches, --num-cpus), then run "
+                f"this search again with: harness sweep --resume {workdir}")
         states = _reconcile_trial_runs(client, workdir, search_name, results)
         best_params, best_value = _tally(results, states, outcome)
         client.log_batch(parent_run_id, metrics=[
@@ -571,8 +582,31 @@ def _search_trainable(context, name: str, resources: dict[str, float]):
     return tune.with_resources(bound, resources)
 
 
+def _tune_name(search_name: str, state: dict[str, Any]) -> str:
+    """The search's Tune experiment: a new one for each time every trial was killed for memory."""
+    reruns = state.get("memory_reruns", 0)
+    return f"{search_name}--rerun{reruns}" if reruns else search_name
+
+
+def _killed_for_memory(error) -> bool:
+    import ray
+
+    return isinstance(error, ray.exceptions.OutOfMemoryError) or "running low on memory" in str(error)
+
+
+def _every_trial_killed_for_memory(results) -> bool:
+    errors = [result.error for result in results]
+    return bool(errors) and all(e is not None and _killed_for_memory(e) for e in errors)
+
+
+def _first_line(error) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    memory = [line for line in lines if "running low on memory" in line]
+    return (memory or lines or [type(error).__name__])[0][:300]
+
+
 def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, parent_run_id,
-                tags, model, context, registered_name):
+                tags, model, context, registered_name, tune_name):
     """Fit (or, if its experiment directory exists, restore and finish) one Tune search:
     (results, whether a Ctrl+C came during it)."""
     from ray import tune
@@ -583,7 +617,7 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
 
     spec = get_model(model)
     storage_root = opts.storage or str(workdir / "ray_results")
-    experiment_path = _experiment_path(opts, workdir, search_name)
+    experiment_path = _experiment_path(opts, workdir, tune_name)
     trainable = _search_trainable(context, registered_name,
                                   {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     space = load_space(spec, opts.space_dir)
@@ -633,7 +667,7 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
             reuse_actors=opts.reuse_actors,
         ),
         run_config=tune.RunConfig(
-            name=search_name,
+            name=tune_name,
             storage_path=storage_root,
             callbacks=[logger, ProgressPrinter(label, opts.num_samples, METRIC, console)],
             verbose=0,

@@ -284,7 +284,9 @@ def _error_text(trial) -> str:
     try:
         if path and Path(path).is_file():
             lines = Path(path).read_text().strip().splitlines()
-            return "\n".join(lines[-6:])
+            # Ray's memory-monitor kill ends in a table of processes: its reason line comes first
+            reason = [line for line in lines if "running low on memory" in line][-1:]
+            return "\n".join(reason + lines[-6:])
     except OSError:
         pass
     return str(getattr(trial, "error_msg", "") or "unknown error")
