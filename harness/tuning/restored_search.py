@@ -5,9 +5,10 @@ search generator (``search_gen_state-*.json``: how many trials it has created, w
 under the concurrency limit) and the searcher (``searcher-state-*.pkl``). It writes them to a
 local staging directory and copies them to the experiment directory in a background thread, so
 a driver killed during the copy (SIGKILL, a lost head node) leaves files from two moments. Seen
-in CI: a resumed 5-trial search ran 6 trials, the generator's count having lagged the trial list
-by one. The other way round (a generator ahead of the trial list) Tune would run too few trials,
-and a live trial the experiment no longer has would hold one concurrency slot for ever.
+in CI: a resumed 5-trial search ran 6 trials; a generator one trial behind the trial list does
+exactly that (tests/test_search_snapshots.py: 5 trials for 4). The other way round (a generator
+ahead of the trial list) Tune runs too few trials, and a live trial the experiment no longer has
+holds a concurrency slot for ever (with one slot, the resumed search did not finish in 400 s).
 
 On restore, :class:`ReconciledSearchGenerator` takes the trial list as the truth (it is what
 Tune resumes) and sets the generator's count, the live trials and the searcher's own trial map
