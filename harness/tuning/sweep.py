@@ -591,7 +591,7 @@ def _tune_name(search_name: str, state: dict[str, Any]) -> str:
 def _killed_for_memory(error) -> bool:
     import ray
 
-    return isinstance(error, ray.exceptions.OutOfMemoryError) or "running low on memory" in str(error)
+    return isinstance(error, ray.exceptions.OutOfMemoryError) or tracking.MEMORY_KILL in str(error)
 
 
 def _every_trial_killed_for_memory(results) -> bool:
@@ -601,7 +601,7 @@ def _every_trial_killed_for_memory(results) -> bool:
 
 def _first_line(error) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    memory = [line for line in lines if "running low on memory" in line]
+    memory = [line for line in lines if tracking.MEMORY_KILL in line]
     return (memory or lines or [type(error).__name__])[0][:300]
 
 

@@ -272,6 +272,8 @@ class TrialRunLogger(tune.Callback):
                 return runs
 
 
+MEMORY_KILL = "running low on memory"  # in Ray's message when its memory monitor kills a worker
+
 _LOST_RUNNING = ("lost when the sweep's driver was killed before Ray saved the trial; "
                  "the resumed search ran another trial in its place")
 _LOST_FINISHED = ("finished after Ray's last snapshot of the search, then the sweep's driver was killed: "
@@ -285,7 +287,7 @@ def _error_text(trial) -> str:
         if path and Path(path).is_file():
             lines = Path(path).read_text().strip().splitlines()
             # Ray's memory-monitor kill ends in a table of processes: its reason line comes first
-            reason = [line for line in lines if "running low on memory" in line][-1:]
+            reason = [line for line in lines if MEMORY_KILL in line][-1:]
             return "\n".join(reason + lines[-6:])
     except OSError:
         pass
