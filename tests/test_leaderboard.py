@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import wilcoxon
 
 from harness.leaderboard.build import write_all, write_leaderboard
-from harness.leaderboard.plots import _value_axis, residual_axis_limit
+from harness.leaderboard.plots import _value_axis, model_style, residual_axis_limit
 from harness.tuning.tracking import default_tracking_uri, prepare_store
 
 DATASET = "steels_yield"
@@ -485,6 +485,14 @@ def test_residual_axis_ignores_the_last_percent_of_outliers():
     limit = residual_axis_limit(values)
     assert np.percentile(np.abs(bulk), 95) < limit < 5000.0
     assert residual_axis_limit(np.zeros(5)) == 1.0  # a perfect fit still gets an axis
+
+
+def test_every_model_of_a_full_suite_page_has_its_own_look_in_the_one_panel_plot():
+    # 18 composition + 7 structure models can share a matbench page; the 10 default colours alone
+    # gave AdaBoost and Ridge the same blue dot on the MAE-vs-cost plot
+    styles = [model_style(k) for k in range(25)]
+    assert len({(s["color"], s["marker"]) for s in styles}) == 25
+    assert model_style(3) == {"color": "C3", "marker": "o"} and model_style(13)["marker"] != "o"
 
 
 def test_value_axis_is_log_only_where_the_panel_spans_more_than_20x():

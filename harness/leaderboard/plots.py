@@ -19,6 +19,15 @@ from harness.leaderboard.tables import PairResult, SuiteTables, finite
 DPI = 100
 PANEL = (4.2, 3.4)  # inches per subplot
 STATE_COLORS = {"completed": "C0", "pruned": "C1", "failed": "C3"}
+# A model's marker in plots that show every model in one panel: the 10 default colours repeat
+# after ten models (a suite page has up to 25), so the shape changes with each round of colours.
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def model_style(index: int) -> dict:
+    """Colour and marker of the model at ``index`` in the suite's model order: the same model
+    looks the same on every dataset page, and no two of the first 60 models look alike."""
+    return {"color": f"C{index % 10}", "marker": MARKERS[(index // 10) % len(MARKERS)]}
 
 
 def MaxNLocator(**kwargs):
@@ -290,11 +299,11 @@ def pareto(tables: SuiteTables, dataset: str) -> bytes | None:
     def draw():
         fig, axes = _figure(1, 1)
         ax = axes[0]
-        fig.set_size_inches(6.4, 4.4)
-        for k, r in enumerate(items):
+        fig.set_size_inches(8.6, 4.6)
+        for r in items:
             err = r.spread if finite(r.spread) else None
-            ax.errorbar([r.total_hours], [r.value], yerr=None if err is None else [[err], [err]], fmt="o",
-                        color=f"C{k % 10}", capsize=3, label=r.label)
+            ax.errorbar([r.total_hours], [r.value], yerr=None if err is None else [[err], [err]], ls="none",
+                        capsize=3, label=r.label, **model_style(tables.models.index(r.model)))
         ax.scatter([r.total_hours for r in front], [r.value for r in front], s=160, facecolors="none",
                    edgecolors="0.3", lw=1, zorder=3, label="on the Pareto front")
         if len(front) > 1:
@@ -309,7 +318,8 @@ def pareto(tables: SuiteTables, dataset: str) -> bytes | None:
         ax.set_xlabel("compute: CPU-h + GPU-h reserved (search + final fits)")
         ax.set_ylabel(_axis_label(tables, dataset, "test MAE"))
         ax.set_title(f"{dataset}: MAE vs cost")
-        ax.legend(fontsize=8)
+        # beside the axes, not on them: inside, a 14-model legend covered the points
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         return fig
 
     return _styled(draw)
