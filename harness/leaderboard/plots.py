@@ -286,7 +286,9 @@ def trial_curves(tables: SuiteTables, dataset: str) -> bytes | None:
 
 def pareto(tables: SuiteTables, dataset: str) -> bytes | None:
     """Headline test MAE against compute spent (search + final fits), Pareto front drawn."""
-    items = [r for r in _models_with(tables, dataset, lambda r: r.has_value and finite(r.total_hours) and r.total_hours > 0)]
+    # ranked results only: a model on fewer folds than the others is not comparable (tables.py)
+    items = [r for r in _models_with(tables, dataset,
+                                     lambda r: finite(r.rank) and finite(r.total_hours) and r.total_hours > 0)]
     if not items:
         return None
     order = sorted(items, key=lambda r: (r.total_hours, r.value))

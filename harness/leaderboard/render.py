@@ -29,7 +29,7 @@ PLOTS = (
     ("residuals", "Residual distribution", ""),
     ("learning_curves", "Learning curves", "Train (solid) and validation (dashed) MAE per epoch of every final fit."),
     ("trial_curves", "Search trials", "Validation MAE per epoch of every trial of the search; trials stopped early by ASHA end early (×), the others run to the epoch budget."),
-    ("pareto", "MAE vs cost", "Headline test MAE (± its std) against the compute reserved for the search and the final fits (CPU-hours + GPU-hours, log scale); the dashed line is the Pareto front."),
+    ("pareto", "MAE vs cost", "Headline test MAE (± its std) against the compute reserved for the search and the final fits (CPU-hours + GPU-hours, log scale); the dashed line is the Pareto front. Ranked models only (on cross-validated sets, one with fewer folds than the others is left out)."),
 )
 
 
@@ -120,7 +120,7 @@ def _main_table(t: SuiteTables) -> list[str]:
     rows = []
     for dataset in t.datasets:
         results = [t.get(dataset, m) for m in models]
-        valued = [r.value for r in results if r is not None and r.has_value]
+        valued = [r.value for r in results if r is not None and r.has_value and finite(r.rank)]
         best = min(valued) if valued else None
         overs = sorted({r.over for r in results if r is not None and r.over})
         cells = []
@@ -285,13 +285,15 @@ def render_suite(t: SuiteTables, not_run: list[str], exports: list[tuple[str, st
              "differ from ours (last column). *best two*: a paired Wilcoxon signed-rank test between the "
              "two best measured models on the per-sample absolute test errors (averaged over seeds) of the "
              "test samples both predicted. A failed or incomplete fit is counted in the cell, never "
-             "shown as 0.", ""]
+             "shown as 0. On cross-validated sets, a model with results on fewer folds than another "
+             "says which folds in its cell and is not ranked (its MAE is over other test sets).", ""]
     lines += _main_table(t)
     if not_run:
         lines += ["", f"Datasets of `{suite}` with no run in this store ({len(not_run)}): "
                   + ", ".join(f"`{d}`" for d in not_run) + "."]
     lines += ["", "## Rank", "", "Rank of each measured model per dataset by the headline MAE (1 = best; ties share "
-              "the mean rank); the average is over the datasets where the model has a number.", ""]
+              "the mean rank); the average is over the datasets where the model has a number. — : no "
+              "number, or (cross-validation) fewer folds than the others.", ""]
     lines += _rank_table(t)
     lines += ["", "## MAD:MAE", "", "Mean absolute deviation of the test targets about their mean, divided by the "
               "headline MAE: 1 is no better than predicting the mean, higher is better.", ""]
@@ -438,7 +440,7 @@ def _why_no_plot(key: str) -> str:
         "residuals": "no final fit with logged test predictions.",
         "learning_curves": "no final fit with a per-epoch history (`epoch_*` metrics; models without epochs have none).",
         "trial_curves": "no trial with a per-epoch `val_mae`.",
-        "pareto": "no model with both a test MAE and a known cost.",
+        "pareto": "no ranked model with both a test MAE and a known cost.",
     }[key]
 
 
