@@ -267,6 +267,11 @@ def test_dataset_page_has_valid_plots(store):
     # the sweep logs train predictions too: the residual plot shows train and test
     assert "Residuals (prediction − true) of the train and test predictions" in text
     assert "residuals are not shown" not in text
+    # the results table reads best first: ours by rank, then the published numbers
+    results = parse_tables(text)["Results"][0]
+    ours = [r for r in results if not r["model"].endswith("(published)")]
+    assert [number(r["rank"]) for r in ours] == [1.0, 2.0]
+    assert results[:2] == ours
     # every final fit is listed with its MLflow metric
     fits = parse_tables(text)["Final fits"][0]
     assert len(fits) == 8

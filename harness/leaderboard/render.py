@@ -356,12 +356,12 @@ def render_dataset(t: SuiteTables, dataset: str, plots: dict[str, str | None], t
              f"rows used: {rows_text} · data sha256 `{info['sha256'][:16] or 'n/a'}`", ""]
     if t.notes[dataset]:
         lines += ["Differs from the published protocol: " + "; ".join(t.notes[dataset]) + ".", ""]
-    lines += ["## Results", ""]
+    lines += ["## Results", "", "Best first: ranked models by rank, then the unranked (no number, or fewer folds), "
+              "then the published numbers.", ""]
     rows = []
-    for m in t.models:
-        r = t.get(dataset, m)
-        if r is None:
-            continue
+    here = [r for r in (t.get(dataset, m) for m in t.models) if r is not None]
+    # a leaderboard reads top-down; a stable sort keeps the suite's model order among the unranked
+    for r in sorted(here, key=lambda r: r.rank if finite(r.rank) else math.inf):
         cost = _cost_cells(r)
         pooled = fmt_mae(r.pooled, r.pooled_std, r.pooled_seeds) if finite(r.pooled) else "—"
         folds = fmt_mae(r.mean_folds, r.std_folds, len(r.fold_mae)) if finite(r.mean_folds) else "—"
