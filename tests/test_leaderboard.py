@@ -297,6 +297,9 @@ def test_readme_has_index_protocols_and_the_command(store):
     text = (store["out"] / "README.md").read_text()
     index = row_of(parse_tables(text)["Index"][0], "suite", "[crabnet28](crabnet28.md)")
     assert index["final fits with a test MAE"] == "8 of 8"
+    commits = {r.data.tags["git_commit"] for r in store["runs"] if r.data.tags.get("git_commit")}
+    assert commits and all(f"`{c.removesuffix('-dirty')[:12]}" in index["commit"] for c in commits)
+    assert len(index["commit"]) < 24 * len(commits)  # short hashes here, the full ones on the suite page
     for suite in ("crabnet28", "matbench", "structures"):
         assert f"### `{suite}`" in text
     assert "--models crabnet,hotcrab --datasets steels_yield --num-samples 2 --max-epochs 2" in text

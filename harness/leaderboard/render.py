@@ -270,6 +270,13 @@ def commits_of(t: SuiteTables) -> list[str]:
     return sorted({c for r in t.results.values() for c in r.git_commits})
 
 
+def short_commit(commit: str) -> str:
+    """12 hex digits (and ``-dirty``) for the index, where five full hashes made the row wrap
+    over several screens; the suite page keeps the full ones."""
+    dirty = "-dirty" if commit.endswith("-dirty") else ""
+    return commit.removesuffix("-dirty")[:12] + dirty
+
+
 def render_suite(t: SuiteTables, not_run: list[str], exports: list[tuple[str, str]],
                  submissions: dict[str, tuple[str | None, list[str], dict[str, str]]] | None = None) -> str:
     suite = t.data.suite
@@ -578,7 +585,7 @@ def render_readme(all_tables: list[SuiteTables], tracking_uri_hint: str = "") ->
         hardware = sorted({h for r in t.results.values() for h in r.hardware})
         rows.append([f"[{suite}]({suite}.md)", str(len(t.datasets)), ", ".join(t.labels[m] for m in t.models),
                      f"{n_ok} of {len(f)}", str(trials), f"{cpu:.3g} / {gpu:.3g}", "; ".join(hardware) or "n/a",
-                     ", ".join(f"`{c}`" for c in commits_of(t)) or "unknown", date_of(last_end(t))])
+                     ", ".join(f"`{short_commit(c)}`" for c in commits_of(t)) or "unknown", date_of(last_end(t))])
     if rows:
         lines += table(["suite", "datasets", "models", "final fits with a test MAE", "trials",
                         "compute CPU-h / GPU-h", "hardware", "commit", "last run ended"], rows,
