@@ -257,9 +257,11 @@ def status(
 ) -> None:
     """Where a sweep stands: trials running / completed / pruned / failed, best so far, per
     model, dataset and split, the searches not yet started as `pending`, and a count of searches
-    done (works while the sweep runs, and after it was interrupted). Given a folder of sweep
-    workdirs (e.g. the stages of scripts/first_leaderboard.sh), one row per sweep."""
-    from harness.tuning.status import stage_counts, sweep_dirs, sweep_status, sweeps_summary
+    done (works while the sweep runs, and after it was interrupted). `hours`: a search's trial time
+    plus its final fits' time; under the table, the time left, each unfinished search costing what
+    its model's finished searches cost on average. Given a folder of sweep workdirs (e.g. the
+    stages of scripts/first_leaderboard.sh), one row per sweep."""
+    from harness.tuning.status import stage_counts, sweep_dirs, sweep_status, sweeps_summary, time_left_text
 
     if not (workdir / "sweep.json").exists() and sweep_dirs(workdir):
         n = len(sweep_dirs(workdir))
@@ -270,7 +272,10 @@ def status(
         sweep, frame = sweep_status(workdir)
     except FileNotFoundError as exc:
         _fail(str(exc))
-    _print_frame(frame, title=f"sweep {sweep['sweep_id']} · {sweep['tracking_uri']}", caption=stage_counts(frame))
+    caption = stage_counts(frame)
+    if left := time_left_text(sweep, frame):
+        caption += "\n" + left
+    _print_frame(frame, title=f"sweep {sweep['sweep_id']} · {sweep['tracking_uri']}", caption=caption)
 
 
 def _print_frame(frame, title: str, caption: str) -> None:

@@ -115,6 +115,12 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_search(tmp_path):
     assert not [r for r in runs if r.info.status == "RUNNING"]
     finals = [r for r in runs if r.data.tags.get("stage") == "final"]
     assert len(finals) == 2 and all(r.data.metrics["test_mae"] > 0 for r in finals)
+    # `harness status` gives each search's time: its trials' trial_seconds + its final fits' fit_seconds
+    rows, _ = _status(workdir, env)
+    for model in ("ridge", "linear"):
+        seconds = sum(r.data.metrics["trial_seconds"] for r in trials if r.data.tags["model"] == model)
+        seconds += sum(r.data.metrics["fit_seconds"] for r in finals if r.data.tags["model"] == model)
+        assert float(rows[model][-1]) == pytest.approx(seconds / 3600, rel=1e-3)
 
 
 def _ignore_sigint() -> None:

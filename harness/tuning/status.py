@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
+
+# the leaderboard's copy of the trials' metric name: harness.tuning.trial's pulls in torch
+from harness.leaderboard.tables import TRIAL_SECONDS_KEY
 
 # Written by the sweep when it starts (and again on --resume): every search, as
 # model/dataset/split, in the order they run. Sweeps started before it existed have none.
@@ -37,6 +41,7 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
         parent = state.get("parent_run_id")
         counts = dict.fromkeys(TRIAL_STATES, 0)
         best = math.inf
+        seconds = 0.0  # trial time (``trial_seconds``, without the time the sweep was stopped) + fit time
         if parent:
             children = client.search_runs(
                 [sweep["experiment_id"]],
@@ -46,9 +51,11 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
             for run in children:
                 counts[run.data.tags.get("trial_state", "running")] = counts.get(run.data.tags.get("trial_state", "running"), 0) + 1
                 best = min(best, run.data.metrics.get("best_val_mae", math.inf))
+                seconds += run.data.metrics.get(TRIAL_SECONDS_KEY, 0.0)
         finals = []
         for run_id in state.get("final_runs", {}).values():
             run = client.get_run(run_id)
+            seconds += run.data.metrics.get("fit_seconds", 0.0)
             if run.info.status == "FINISHED" and "test_mae" in run.data.metrics:
                 finals.append(run.data.metrics["test_mae"])
         label = state.get("label", state_file.stem)
@@ -59,6 +66,7 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
             "best_val_mae": None if math.isinf(best) else best,
             "final_fits": f"{len(finals)}/{len(state.get('final_runs', {}))}" if state.get("final_runs") else "0",
             "test_mae": (sum(finals) / len(finals)) if finals else None,
+            "hours": seconds / 3600,
         })
     rows += _pending(workdir, sweep["sweep_id"], {(r["model"], r["dataset"], r["split"]) for r in rows})
     return sweep, _rare_states_after_failed(pd.DataFrame(rows))
@@ -86,8 +94,54 @@ def _pending(workdir: Path, sweep_id: str, started: set[tuple[str, str, str]]) -
         if (model, dataset, split) not in started:
             out.append({"model": model, "dataset": dataset, "split": split, "stage": PENDING,
                         "running": 0, "completed": 0, "pruned": 0, "failed": 0,
-                        "best_val_mae": None, "final_fits": "0", "test_mae": None})
+                        "best_val_mae": None, "final_fits": "0", "test_mae": None, "hours": 0.0})
     return out
+
+
+def hours_left(frame: pd.DataFrame) -> tuple[float, int]:
+    """(hours of trials and final fits the unfinished searches still need, how many of those
+    searches were guessed from all finished searches because their model has none finished).
+
+    A search is expected to cost what its model's finished searches cost on average (trial time
+    as measured, so it includes the machine's contention), less what it has spent already.
+    NaN where no search has finished: nothing to go by."""
+    done = frame[frame["stage"] == "done"] if not frame.empty else frame
+    if done.empty:
+        return math.nan, 0
+    per_model, overall = done.groupby("model")["hours"].mean(), float(done["hours"].mean())
+    left, guessed = 0.0, 0
+    for row in frame[frame["stage"] != "done"].itertuples(index=False):
+        expected = per_model.get(row.model)
+        if expected is None:
+            expected, guessed = overall, guessed + 1
+        left += max(float(expected) - float(row.hours), 0.0)
+    return left, guessed
+
+
+def trials_at_a_time(sweep: dict) -> int | None:
+    """Trial slots of a sweep on this machine (its --num-cpus, else the CPU count, over
+    --cpus-per-trial); None for a cluster or GPU trials, whose resources this machine does not see."""
+    options = sweep.get("options") or {}
+    if options.get("address") or float(options.get("gpus_per_trial") or 0) > 0:
+        return None
+    cpus = float(options.get("num_cpus") or os.cpu_count() or 1)
+    return max(1, int(cpus // float(options.get("cpus_per_trial") or 1)))
+
+
+def time_left_text(sweep: dict, frame: pd.DataFrame) -> str:
+    """``~2.3 h of trial time left (…), ≈ 1.2 h at 2 trials at a time``; empty when nothing is
+    left or nothing has finished to estimate from."""
+    left, guessed = hours_left(frame)
+    if not math.isfinite(left) or (frame["stage"] == "done").all():
+        return ""
+    how = "each model's mean over its finished searches"
+    if guessed:
+        how += f"; {guessed} search{'es' * (guessed != 1)} of models with none finished: the mean of all"
+    text = f"~{left:.2g} h of trial and final-fit time left ({how})"
+    slots = trials_at_a_time(sweep)
+    if slots:
+        text += f", ≈ {left / slots:.2g} h at {slots} trial{'s' * (slots != 1)} at a time"
+    return text
 
 
 def stage_counts(frame: pd.DataFrame) -> str:
@@ -125,5 +179,7 @@ def sweeps_summary(root: Path) -> pd.DataFrame:
             # rarer states (``lost``: a trial closed by a resume after its driver was killed) only where they occur
             **{state: total(state) for state in frame.columns if state in RARE_TRIAL_STATES},
             "final_fits": f"{sum(int(f[0]) for f in finals)}/{sum(int(f[1]) for f in finals if len(f) == 2)}",
+            "hours": float(frame["hours"].sum()) if not frame.empty else 0.0,
+            "hours_left": hours_left(frame)[0] if not frame.empty and (frame["stage"] != "done").any() else 0.0,
         })
     return _rare_states_after_failed(pd.DataFrame(rows))
