@@ -107,12 +107,34 @@ def test_status_of_a_folder_of_sweeps_sums_each_sweep(failing_sweep, tmp_path):
     rows = [[c.strip() for c in line.strip("│ ").split("│")] for line in result.stdout.splitlines()
             if line.startswith("│")]
     assert len(rows) == 2 and "2 sweeps in" in result.stdout
-    # sweep, sweep_id, searches, done, pending, in_progress, running, completed, pruned, failed, lost, final fits
+    # sweep, sweep_id, searches, done, pending, in_progress, running, completed, pruned, failed, lost, final fits,
+    # hours, hours_left
     o = outcomes[0]
     assert rows[0][0] == "stage-a" and rows[0][2:6] == ["1", "1", "0", "0"]
-    assert rows[0][6:] == ["0", str(o.completed), str(o.pruned), str(o.failed), "0", "1/1"]
-    assert rows[1][0] == "stage-b" and rows[1][6:] == ["0", str(o.completed - 1), str(o.pruned), str(o.failed), "1",
-                                                       "1/1"]
+    assert rows[0][6:12] == ["0", str(o.completed), str(o.pruned), str(o.failed), "0", "1/1"]
+    assert rows[1][0] == "stage-b" and rows[1][6:12] == ["0", str(o.completed - 1), str(o.pruned), str(o.failed), "1",
+                                                         "1/1"]
+    # hours: the trials' trial_seconds + the final fit's fit_seconds; nothing left of a finished sweep
+    runs = client.search_runs([sweep["experiment_id"]], max_results=1000)
+    seconds = sum(r.data.metrics.get("trial_seconds", 0.0) + r.data.metrics.get("fit_seconds", 0.0) for r in runs)
+    assert seconds > 0 and float(rows[0][12]) == pytest.approx(seconds / 3600, rel=1e-3)
+    assert rows[0][13] == rows[1][13] == "0"
     missing = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(tmp_path / "not-a-sweep")],
                              capture_output=True, text=True, env=env, timeout=300)
     assert missing.returncode != 0 and "neither a sweep's --workdir nor a folder of them" in missing.stderr + missing.stdout
+
+
+def test_a_new_sweep_with_bad_data_leaves_the_earlier_sweep_of_its_workdir_resumable(failing_sweep, tmp_path):
+    workdir, _ = failing_sweep
+    copy = tmp_path / "w"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("ray*", "*.lock"))
+    before = {name: (copy / name).read_bytes() for name in ("sweep.json", "plan.json")}
+    bad = tmp_path / "mine.csv"
+    bad.write_text("formula,target\nNaCl,1.0\nXyz2,2.0\n")
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "--models", "ridge", "--dataset-file",
+                             str(bad), "--target", "target", "--workdir", str(copy)],
+                            capture_output=True, text=True, timeout=300)
+    out = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0 and "data row 2: unknown element 'Xyz'" in out
+    # the earlier sweep is still the one `--resume` continues
+    assert {name: (copy / name).read_bytes() for name in before} == before

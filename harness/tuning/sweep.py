@@ -248,6 +248,9 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
         # A workdir may hold several sweeps (one MLflow store); sweep.json names the latest,
         # which is the one --resume continues.
         sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    # Bad data (a missing file, an invalid row) fails here, before the workdir is touched: a new
+    # sweep's sweep.json would replace the one of the sweep that --resume continues.
+    datasets = load_datasets(opts)
     workdir.mkdir(parents=True, exist_ok=True)
     tracking_uri = opts.mlflow_uri or tracking.default_tracking_uri(workdir)
     experiment_id = tracking.prepare_store(tracking_uri, workdir, opts.experiment)
@@ -257,7 +260,6 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
     })
     console.print(f"sweep [bold]{sweep_id}[/]{' (resumed)' if resume else ''} · workdir {workdir} · MLflow {tracking_uri}")
 
-    datasets = load_datasets(opts)
     _optuna_storage(workdir)
     _STOP.clear()
     started_ray = _init_ray(opts.address, opts.num_cpus)
