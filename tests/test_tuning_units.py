@@ -377,31 +377,32 @@ def test_rays_restore_warning_about_trials_without_results_is_dropped_and_others
     assert [r.getMessage() for r in caplog.records] == [unreadable]
 
 
-def test_time_left_is_each_models_mean_of_finished_searches_less_what_is_spent():
+def test_time_left_is_each_models_cost_per_row_of_finished_searches_less_what_is_spent():
     import math
 
     import pandas as pd
 
     from harness.tuning.status import hours_left, time_left_text, trials_at_a_time
 
+    nan = math.nan
     frame = pd.DataFrame([
-        {"model": "roost", "stage": "done", "hours": 0.2},
-        {"model": "roost", "stage": "done", "hours": 0.4},  # roost's mean: 0.3
-        {"model": "elemnet", "stage": "done", "hours": 0.1},
-        {"model": "roost", "stage": "searching", "hours": 0.1},  # 0.3 - 0.1 left
-        {"model": "roost", "stage": "searched", "hours": 0.5},  # over its model's mean: nothing left, not < 0
-        {"model": "elemnet", "stage": "pending", "hours": 0.0},  # 0.1
-        {"model": "crabnet", "stage": "pending", "hours": 0.0},  # none finished: the mean of all, 0.7 / 3
+        {"model": "roost", "stage": "done", "hours": 0.2, "data_rows": 1000},
+        {"model": "roost", "stage": "done", "hours": 0.8, "data_rows": 2000},  # roost: 3e-4 h per row
+        {"model": "elemnet", "stage": "done", "hours": 0.1, "data_rows": nan},  # no size: its mean, 0.1
+        {"model": "roost", "stage": "searching", "hours": 0.5, "data_rows": 3000},  # 0.9 - 0.5 left
+        {"model": "roost", "stage": "searched", "hours": 0.9, "data_rows": 1000},  # over 0.3: nothing left, not < 0
+        {"model": "elemnet", "stage": "pending", "hours": 0.0, "data_rows": 4000},  # 0.1
+        {"model": "crabnet", "stage": "pending", "hours": 0.0, "data_rows": 1000},  # none finished: 3e-4 * 1000
     ])
     left, guessed = hours_left(frame)
-    assert left == pytest.approx(0.2 + 0.0 + 0.1 + 0.7 / 3) and guessed == 1
+    assert left == pytest.approx(0.4 + 0.0 + 0.1 + 0.3) and guessed == 1
     local = {"options": {"address": None, "num_cpus": 4, "cpus_per_trial": 2.0, "gpus_per_trial": 0.0}}
     assert trials_at_a_time(local) == 2
     assert trials_at_a_time({"options": {**local["options"], "address": "10.0.0.1:6379"}}) is None  # a cluster
     assert trials_at_a_time({"options": {**local["options"], "gpus_per_trial": 0.25}}) is None
     text = time_left_text(local, frame)
-    assert text.startswith("~0.53 h of trial and final-fit time left") and "1 search of models with none finished" in text
-    assert text.endswith("≈ 0.27 h at 2 trials at a time")
+    assert text.startswith("~0.8 h of trial and final-fit time left") and "1 search of models with none finished" in text
+    assert text.endswith("≈ 0.4 h at 2 trials at a time")
     # nothing finished yet (nothing to go by), or nothing left: no estimate
     assert math.isnan(hours_left(frame[frame["stage"] != "done"])[0])
     assert time_left_text(local, frame[frame["stage"] != "done"]) == ""

@@ -42,6 +42,7 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
         counts = dict.fromkeys(TRIAL_STATES, 0)
         best = math.inf
         seconds = 0.0  # trial time (``trial_seconds``, without the time the sweep was stopped) + fit time
+        data_rows = math.nan  # the dataset's rows, as the search's runs record them
         if parent:
             children = client.search_runs(
                 [sweep["experiment_id"]],
@@ -52,10 +53,12 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
                 counts[run.data.tags.get("trial_state", "running")] = counts.get(run.data.tags.get("trial_state", "running"), 0) + 1
                 best = min(best, run.data.metrics.get("best_val_mae", math.inf))
                 seconds += run.data.metrics.get(TRIAL_SECONDS_KEY, 0.0)
+                data_rows = _rows_of(run, data_rows)
         finals = []
         for run_id in state.get("final_runs", {}).values():
             run = client.get_run(run_id)
             seconds += run.data.metrics.get("fit_seconds", 0.0)
+            data_rows = _rows_of(run, data_rows)
             if run.info.status == "FINISHED" and "test_mae" in run.data.metrics:
                 finals.append(run.data.metrics["test_mae"])
         label = state.get("label", state_file.stem)
@@ -67,9 +70,34 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
             "final_fits": f"{len(finals)}/{len(state.get('final_runs', {}))}" if state.get("final_runs") else "0",
             "test_mae": (sum(finals) / len(finals)) if finals else None,
             "hours": seconds / 3600,
+            "data_rows": data_rows,
         })
     rows += _pending(workdir, sweep["sweep_id"], {(r["model"], r["dataset"], r["split"]) for r in rows})
-    return sweep, _rare_states_after_failed(pd.DataFrame(rows))
+    frame = pd.DataFrame(rows)
+    if not frame.empty:  # a search not started yet: its dataset's size as another search recorded it
+        frame["data_rows"] = frame["data_rows"].fillna(frame.groupby("dataset")["data_rows"].transform("max"))
+        subsample = (sweep.get("options") or {}).get("subsample")
+        for dataset in frame.loc[frame["data_rows"].isna(), "dataset"].unique():  # else as the catalog counts it
+            frame.loc[frame["dataset"] == dataset, "data_rows"] = _catalog_rows(dataset, subsample)
+    return sweep, _rare_states_after_failed(frame)
+
+
+def _catalog_rows(dataset: str, subsample: int | None) -> float:
+    """Rows of a catalog dataset whose source is local (NaN otherwise, or for a user's own file)."""
+    from harness.data import count_rows
+
+    try:
+        rows = count_rows(dataset)
+    except Exception:  # not in the catalog: a --dataset-file, or a name of another harness version
+        return math.nan
+    if rows is None:
+        return math.nan
+    return float(min(rows, subsample) if subsample else rows)
+
+
+def _rows_of(run, known: float) -> float:
+    text = run.data.tags.get("data_rows", "")
+    return float(text) if text.isdigit() else known
 
 
 def _rare_states_after_failed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -94,7 +122,8 @@ def _pending(workdir: Path, sweep_id: str, started: set[tuple[str, str, str]]) -
         if (model, dataset, split) not in started:
             out.append({"model": model, "dataset": dataset, "split": split, "stage": PENDING,
                         "running": 0, "completed": 0, "pruned": 0, "failed": 0,
-                        "best_val_mae": None, "final_fits": "0", "test_mae": None, "hours": 0.0})
+                        "best_val_mae": None, "final_fits": "0", "test_mae": None, "hours": 0.0,
+                        "data_rows": math.nan})
     return out
 
 
@@ -102,18 +131,27 @@ def hours_left(frame: pd.DataFrame) -> tuple[float, int]:
     """(hours of trials and final fits the unfinished searches still need, how many of those
     searches were guessed from all finished searches because their model has none finished).
 
-    A search is expected to cost what its model's finished searches cost on average (trial time
-    as measured, so it includes the machine's contention), less what it has spent already.
+    A search is expected to cost what its model's finished searches cost per dataset row, times
+    its dataset's rows (the model's mean cost where a size is unknown), less what it has spent
+    already. Costs are trial time as measured, so they include the machine's contention.
     NaN where no search has finished: nothing to go by."""
     done = frame[frame["stage"] == "done"] if not frame.empty else frame
     if done.empty:
         return math.nan, 0
-    per_model, overall = done.groupby("model")["hours"].mean(), float(done["hours"].mean())
+    sized = done[done["data_rows"] > 0]
+    per_row = (sized["hours"] / sized["data_rows"]).groupby(sized["model"]).mean()
+    per_search = done.groupby("model")["hours"].mean()
+    all_per_row = float((sized["hours"] / sized["data_rows"]).mean()) if len(sized) else math.nan
     left, guessed = 0.0, 0
     for row in frame[frame["stage"] != "done"].itertuples(index=False):
-        expected = per_model.get(row.model)
-        if expected is None:
-            expected, guessed = overall, guessed + 1
+        rows = float(row.data_rows)
+        if row.model in per_row.index and rows > 0:
+            expected = per_row[row.model] * rows
+        elif row.model in per_search.index:
+            expected = per_search[row.model]
+        else:
+            guessed += 1
+            expected = all_per_row * rows if rows > 0 and math.isfinite(all_per_row) else float(done["hours"].mean())
         left += max(float(expected) - float(row.hours), 0.0)
     return left, guessed
 
@@ -134,9 +172,9 @@ def time_left_text(sweep: dict, frame: pd.DataFrame) -> str:
     left, guessed = hours_left(frame)
     if not math.isfinite(left) or (frame["stage"] == "done").all():
         return ""
-    how = "each model's mean over its finished searches"
+    how = "each model's cost per dataset row in its finished searches"
     if guessed:
-        how += f"; {guessed} search{'es' * (guessed != 1)} of models with none finished: the mean of all"
+        how += f"; {guessed} search{'es' * (guessed != 1)} of models with none finished: from all finished searches"
     text = f"~{left:.2g} h of trial and final-fit time left ({how})"
     slots = trials_at_a_time(sweep)
     if slots:
