@@ -272,6 +272,18 @@ def test_dataset_page_has_valid_plots(store):
     ours = [r for r in results if not r["model"].endswith("(published)")]
     assert [number(r["rank"]) for r in ours] == [1.0, 2.0]
     assert results[:2] == ours
+    # the chosen hyperparameters are the final runs' params, floats to 4 significant digits
+    for row in parse_tables(text)["Chosen hyperparameters"][0]:
+        final = next(r for r in store["runs"] if r.data.tags.get("stage") == "final"
+                     and r.data.tags["model_label"] == plain(row["model"]) and r.data.tags["split"] == row["split"])
+        params = {k.split(".", 1)[1]: v for k, v in final.data.params.items()
+                  if k.startswith(("model_params.", "train_params."))}
+        shown = dict(pair.split("=", 1) for pair in row["hyperparameters (best trial of the search)"].split(", "))
+        assert sorted(shown) == sorted(params)
+        floats = [k for k, v in params.items() if re.fullmatch(r"-?\d+\.\d*(e-?\d+)?", v)]
+        assert floats  # lr at least
+        for key in floats:
+            approx_shown(float(shown[key]), float(params[key]), 4)
     # every final fit is listed with its MLflow metric
     fits = parse_tables(text)["Final fits"][0]
     assert len(fits) == 8

@@ -270,6 +270,12 @@ def commits_of(t: SuiteTables) -> list[str]:
     return sorted({c for r in t.results.values() for c in r.git_commits})
 
 
+def param_text(value) -> str:
+    """A hyperparameter as a person reads it: floats to 4 significant digits (lr=0.00036, not
+    0.00036000911929116066); the exact values are in MLflow and in fits.csv."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def short_commit(commit: str) -> str:
     """12 hex digits (and ``-dirty``) for the index, where five full hashes made the row wrap
     over several screens; the suite page keeps the full ones."""
@@ -416,11 +422,13 @@ def render_dataset(t: SuiteTables, dataset: str, plots: dict[str, str | None], t
     lines += table(["model", "split", "seed", "status", "test MAE", "test RMSE", "test R²", "train MAE", "val MAE",
                     "epochs", "fit seconds", "MLflow run"], rows, ["---"] * 4 + ["---:"] * 7 + ["---"]) if rows \
         else ["No final runs."]
-    lines += ["", "## Chosen hyperparameters", ""]
+    lines += ["", "## Chosen hyperparameters", "",
+              "Floats to 4 significant digits; the exact values are in MLflow and `fits.csv`.", ""]
     rows = []
     for (model, split), group in fits.groupby(["model", "split"], sort=False):
         chosen = params_of(group.iloc[0]["params"])
-        rows.append([t.labels[model], split, ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in chosen.items()) or "—"])
+        rows.append([t.labels[model], split,
+                     ", ".join(f"{k.split('.', 1)[1]}={param_text(v)}" for k, v in chosen.items()) or "—"])
     lines += table(["model", "split", "hyperparameters (best trial of the search)"], rows) if rows else ["None (no final runs)."]
     lines += ["", "## Searches", ""]
     s, tr = t.data.searches, t.data.trials
