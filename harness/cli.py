@@ -259,7 +259,7 @@ def status(
     model, dataset and split, the searches not yet started as `pending`, and a count of searches
     done (works while the sweep runs, and after it was interrupted). `hours`: a search's trial time
     plus its final fits' time; under the table, the time left, each unfinished search costing what
-    its model's finished searches cost on average. Given a folder of sweep workdirs (e.g. the
+    its model's finished searches cost per dataset row, times its rows. Given a folder of sweep workdirs (e.g. the
     stages of scripts/first_leaderboard.sh), one row per sweep."""
     from harness.tuning.status import stage_counts, sweep_dirs, sweep_status, sweeps_summary, time_left_text
 
