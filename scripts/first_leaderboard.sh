@@ -11,7 +11,8 @@
 # run it in the background (nohup … &). It is resumable: each stage is its own sweep workdir
 # under $LEADERBOARD_RUNS (default ~/.cache/harness/leaderboard-runs/, outside the work tree), and
 # a stage whose workdir exists continues with `harness sweep --resume` (finished searches are
-# skipped, interrupted ones continue their Ray experiment, Optuna study and MLflow runs). The
+# skipped, interrupted ones continue their Ray experiment, Optuna study and MLflow runs); a stage
+# that finished (its workdir holds `stage-done`) is skipped altogether. The
 # pages are regenerated after every stage, so a partial leaderboard is always current (missing
 # results show as missing, never as numbers). They go beside the store ($LEADERBOARD_RUNS/pages),
 # not into the committed leaderboards/: a store on a new machine starts empty, and its first
@@ -83,6 +84,7 @@ PLAN=(
   "structure-heavy|$STRUCTURE_HEAVY|matbench_phonons|1|$HEAVY_PRECISION|"
 )
 STAGES=${STAGES:-"classical fc structure-light attention structure-heavy"}
+DONE_FILE=stage-done
 
 wanted() {  # is stage $1 selected by a word of $STAGES (a prefix: "fc" selects fc-extended and fc-matbench)?
   local word
@@ -94,6 +96,13 @@ for entry in "${PLAN[@]}"; do
   IFS='|' read -r name models datasets seeds precision extra <<<"$entry"
   wanted "$name" || continue
   workdir="$ROOT/$name"
+  # A stage whose sweep finished and whose pages were written is not resumed again on the next
+  # start (resuming a finished sweep and rewriting its pages took 1-3 min per stage, each restart).
+  # Delete the file to run the stage's `--resume` once more.
+  if [ -f "$workdir/$DONE_FILE" ]; then
+    echo "== stage $name: finished $(cat "$workdir/$DONE_FILE"); skipped (rm $workdir/$DONE_FILE to resume it)"
+    continue
+  fi
   echo "== $(date '+%F %T') stage $name: $models on $datasets"
   if [ -f "$workdir/sweep.json" ]; then
     # shellcheck disable=SC2086
@@ -105,6 +114,7 @@ for entry in "${PLAN[@]}"; do
       "${CPU_OPTION[@]}" $extra
   fi
   harness leaderboard --mlflow-uri "$MLFLOW_URI" --out "$OUT"
+  date '+%F %T' > "$workdir/$DONE_FILE"  # the sweep exited 0 (set -e): every search of the stage is done
 done
 echo "== $(date '+%F %T') done; pages in $OUT/"
 [ "$OUT" -ef leaderboards ] || echo "publish them (when this store covers the committed pages): cp -r \"$OUT/.\" leaderboards/"
