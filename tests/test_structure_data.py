@@ -470,6 +470,34 @@ def test_alignn_chain_graphs_cached_apart_and_read_back_exactly(elastic, tmp_pat
     assert cached.as_kind("crystal_graph_chain").info == cached.info
 
 
+def test_structure_attributes_continue_from_the_rows_an_interrupted_run_saved(elastic, tmp_path, monkeypatch):
+    from harness.featurize.graphs import _structures_of, save_tensors
+    from harness.featurize.structure_attributes import cache_paths, structure_attributes
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    f = elastic.frame[[len(s) <= 2 for s in elastic.frame["structure"]]].head(6)
+    ds = rows_dataset(f["id"].tolist(), f["structure"].tolist(), name="attrs")
+    structures, _ = _structures_of(ds, "magpie_structure")
+    saved: list[int] = []
+
+    def save_then_stop(rows):  # the run is interrupted right after its first checkpoint
+        saved.append(len(rows))
+        save_tensors(cache_paths(ds)[1], {"values": torch.from_numpy(rows + 1000.0)})  # marked: not recomputed
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        structure_attributes(structures, checkpoint=save_then_stop, checkpoint_every=4)
+    assert saved == [4]
+    full = structure_attributes(structures)
+    assert full.shape == (6, 128) and np.isfinite(full).all()
+    # the featurizer takes the 4 saved rows as they are, computes the other 2, and drops the partial file
+    x = featurize("magpie_structure", ds).matrix(np.arange(6))[:, 145:]
+    np.testing.assert_allclose(x[:4], full[:4] + 1000.0, rtol=1e-6)
+    np.testing.assert_allclose(x[4:], full[4:], rtol=1e-6)
+    path, partial = cache_paths(ds)
+    assert path.is_file() and not partial.exists()
+
+
 def test_magpie_structure_attributes(elastic, tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     f = elastic.frame[[len(s) <= 2 for s in elastic.frame["structure"]]].head(4)

@@ -31,6 +31,7 @@ import os
 import time
 import warnings
 from multiprocessing import get_context
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 N_STRUCTURE = 128
 ATTR_FORMAT = 1  # bump when the columns change: old cache files are ignored
+CHECKPOINT_EVERY = 64  # rows between saves of an unfinished featurization (~1 min of work on 1 core)
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,25 +80,39 @@ def _worker(record: dict) -> list[float]:
     return _row(from_record(record))
 
 
-def structure_attributes(structures, label: str = "structures") -> np.ndarray:
-    """[N, 128] Ward-2017 attributes (NaN where matminer failed), in parallel with a progress bar."""
+def structure_attributes(structures, label: str = "structures", done: np.ndarray | None = None,
+                         checkpoint=None, checkpoint_every: int = CHECKPOINT_EVERY) -> np.ndarray:
+    """[N, 128] Ward-2017 attributes (NaN where matminer failed), in parallel with a progress bar.
+
+    ``done``: the rows of the first structures from an interrupted run, kept as they are; only
+    the rest are computed. ``checkpoint(rows_so_far)`` is called every ``checkpoint_every`` rows
+    (rows arrive in order), so that an interrupted run loses at most that many."""
     from rich.progress import track
 
     from harness.data.structures import to_record
 
+    rows = [] if done is None else [np.asarray(r, dtype=np.float64) for r in done]
+    todo = structures[len(rows):]
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:
         cpus = os.cpu_count() or 1
-    n_proc = max(1, min(cpus, len(structures) // 8))
-    description = f"Ward-2017 attributes of {len(structures)} {label}"
+    n_proc = max(1, min(cpus, len(todo) // 8))
+    description = f"Ward-2017 attributes of {len(todo)} {label}" + (f" ({len(rows)} done before)" if rows else "")
     if n_proc == 1:
-        rows = [_row(s) for s in track(structures, description=description, transient=True)]
+        computed = (_row(s) for s in todo)
     else:
-        with get_context("spawn").Pool(n_proc) as pool:  # spawn: see graphs.build_arrays
-            rows = list(track(pool.imap(_worker, [to_record(s) for s in structures], chunksize=4),
-                              total=len(structures), description=f"{description} ({n_proc} processes)",
-                              transient=True))
+        pool = get_context("spawn").Pool(n_proc)  # spawn: see graphs.build_arrays
+        computed = pool.imap(_worker, [to_record(s) for s in todo], chunksize=4)
+        description += f" ({n_proc} processes)"
+    try:
+        for row in track(computed, total=len(todo), description=description, transient=True):
+            rows.append(np.asarray(row, dtype=np.float64))
+            if checkpoint is not None and len(rows) % checkpoint_every == 0 and len(rows) < len(structures):
+                checkpoint(np.stack(rows))
+    finally:
+        if n_proc > 1:
+            pool.terminate()  # an interrupted run must not leave workers computing
     return np.asarray(rows, dtype=np.float64).reshape(len(structures), N_STRUCTURE)
 
 
@@ -104,26 +120,39 @@ def feature_names() -> list[str]:
     return list(ward_featurizer().feature_labels())
 
 
+def cache_paths(dataset: Dataset) -> tuple[Path, Path]:
+    """(the cache entry of ``dataset``'s attributes, the partial file of an unfinished run).
+
+    ~1 s per structure is hours for a large set: progress is kept in the partial file, and a
+    featurization stopped with its sweep continues where it was."""
+    import matminer
+
+    key = config_hash(dataset, {"format": ATTR_FORMAT, "matminer": matminer.__version__})
+    path = cache_dir() / "features" / "magpie_structure" / f"{dataset.cache_key}-{key}.pt"
+    return path, path.with_name(path.stem + ".partial-rows.pt")
+
+
 class MagpieStructureFeatures(TabularFeatures):
     """145 Magpie + 128 Ward-2017 attributes per row (input kind ``magpie_structure``)."""
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, cache: bool = True) -> "MagpieStructureFeatures":
-        import matminer
-
         structures, _ = _structures_of(dataset, "magpie_structure")
         magpie = MagpieFeatures.from_dataset(dataset, cache=cache)  # cached on its own
-        key = config_hash(dataset, {"format": ATTR_FORMAT, "matminer": matminer.__version__})
-        path = cache_dir() / "features" / "magpie_structure" / f"{dataset.cache_key}-{key}.pt"
+        path, partial = cache_paths(dataset)
         if cache and path.is_file():
             attrs = torch.load(path, weights_only=True)["values"].numpy()
         else:
+            done = torch.load(partial, weights_only=True)["values"].numpy() if cache and partial.is_file() else None
+            save = (lambda rows: save_tensors(partial, {"values": torch.from_numpy(rows)})) if cache else None
             start = time.perf_counter()
-            attrs = structure_attributes(structures, dataset.name)
-            log.info("Ward-2017 attributes of %s: %d structures in %.1f s", dataset.name, len(structures),
-                     time.perf_counter() - start)
+            attrs = structure_attributes(structures, dataset.name, done=done, checkpoint=save,
+                                         checkpoint_every=CHECKPOINT_EVERY)
+            log.info("Ward-2017 attributes of %s: %d structures in %.1f s (%d from an earlier run)", dataset.name,
+                     len(structures), time.perf_counter() - start, 0 if done is None else len(done))
             if cache:
                 save_tensors(path, {"values": torch.from_numpy(attrs)})
+                partial.unlink(missing_ok=True)
         attrs = attrs.copy()
         names = feature_names()
         n_imputed = _impute_column_means(attrs, names)
