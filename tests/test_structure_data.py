@@ -508,3 +508,30 @@ def test_magpie_structure_attributes(elastic, tmp_path, monkeypatch):
     assert x.shape == (4, 273) and np.isfinite(x).all()
     assert feats.info["feature_names"][145] == "minimum CN_VoronoiNN"
     assert next(feats.batches(np.arange(4), np.zeros(4), 4)).x.shape == (4, 273)
+
+
+def test_progress_in_a_log_is_one_line_per_tenth_and_yields_every_item(capsys):
+    from harness.console import progress
+
+    assert list(progress(iter(range(25)), 25, "Ward-2017 attributes of 25 x")) == list(range(25))
+    lines = capsys.readouterr().out.splitlines()  # pytest's stdout is not a terminal, as a nohup log
+    assert [line.split(" (")[0] for line in lines] == [f"Ward-2017 attributes of 25 x: {k}/25"
+                                                       for k in (3, 6, 9, 12, 15, 18, 21, 24, 25)]
+    assert lines[-1].startswith("Ward-2017 attributes of 25 x: 25/25 (100%, ")
+    assert list(progress(range(3), 3, "few", min_total=500)) == [0, 1, 2]
+    assert capsys.readouterr().out == ""  # below min_total: nothing
+
+
+def test_imputed_columns_are_named_in_one_short_line(caplog):
+    import logging
+
+    from harness.featurize.magpie import _impute_column_means
+
+    values = np.arange(30.0).reshape(3, 10)
+    values[1, :] = np.nan  # one structure matminer failed on: all its columns empty
+    with caplog.at_level(logging.WARNING):
+        assert _impute_column_means(values, [f"attr{k}" for k in range(10)]) == 10
+    np.testing.assert_allclose(values[1], (np.arange(10.0) + np.arange(20.0, 30.0)) / 2)  # the column means
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message == ("10 non-finite attribute value(s) in 1 row(s), column(s) attr0, attr1, attr2, attr3, attr4, "
+                       "… (10 in all): replaced by column means")

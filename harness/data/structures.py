@@ -243,9 +243,9 @@ def _workers(n: int) -> int:
 
 
 def _progress(iterable, total: int, description: str):
-    from rich.progress import track
+    from harness.console import progress
 
-    return track(iterable, total=total, description=description, transient=True, disable=total < 500)
+    return progress(iterable, total, description, min_total=500)
 
 
 def parse_many(values: list, fmt: str, *, label: str = "structures") -> tuple[Parsed, list]:

@@ -309,21 +309,18 @@ def _n_procs(n: int) -> int:
 
 def build_arrays(structures, ids, config: GraphConfig, label: str = "structures") -> dict[str, torch.Tensor]:
     """Graphs of many structures as concatenated tensors, built in parallel with a progress bar."""
-    from rich.progress import track
-
+    from harness.console import progress
     from harness.data.structures import to_record
 
     n_proc = _n_procs(len(structures))
     description = f"{config.kind} of {len(structures)} {label}" + (f" ({n_proc} processes)" if n_proc > 1 else "")
     if n_proc == 1:
-        results = [_safe_arrays(s, config) for s in track(structures, description=description, transient=True,
-                                                          disable=len(structures) < 1000)]
+        results = [_safe_arrays(s, config) for s in progress(structures, len(structures), description, min_total=1000)]
     else:
         jobs = [(to_record(s), config) for s in structures]
         # spawn: a forked child would inherit the parent's threads (torch, Ray) mid-lock
         with get_context("spawn").Pool(n_proc) as pool:
-            results = list(track(pool.imap(_worker, jobs, chunksize=64), total=len(jobs),
-                                 description=description, transient=True))
+            results = list(progress(pool.imap(_worker, jobs, chunksize=64), len(jobs), description))
     bad = [(ids[i], r) for i, r in enumerate(results) if isinstance(r, str)]
     if bad:
         shown = "\n".join(f"  id {i!r}: {msg}" for i, msg in bad[:5])

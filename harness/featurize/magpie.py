@@ -189,10 +189,11 @@ def _impute_column_means(values: np.ndarray, names: list[str]) -> int:
         for col in columns:
             finite = values[~bad[:, col], col]
             values[bad[:, col], col] = finite.mean() if len(finite) else 0.0
-        log.warning(
-            "Magpie: %d non-finite value(s) in %d row(s), column(s) %s, replaced by column means",
-            count, int(bad.any(axis=1).sum()), [names[c] for c in columns],
-        )
+        # the first few column names: a structure matminer fails on leaves all 128 of its columns
+        # empty, and the whole list made one log line of 5,000 characters
+        shown = ", ".join(names[c] for c in columns[:5]) + (f", … ({len(columns)} in all)" if len(columns) > 5 else "")
+        log.warning("%d non-finite attribute value(s) in %d row(s), column(s) %s: replaced by column means",
+                    count, int(bad.any(axis=1).sum()), shown)
     return count
 
 

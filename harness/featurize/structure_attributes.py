@@ -87,8 +87,7 @@ def structure_attributes(structures, label: str = "structures", done: np.ndarray
     ``done``: the rows of the first structures from an interrupted run, kept as they are; only
     the rest are computed. ``checkpoint(rows_so_far)`` is called every ``checkpoint_every`` rows
     (rows arrive in order), so that an interrupted run loses at most that many."""
-    from rich.progress import track
-
+    from harness.console import progress
     from harness.data.structures import to_record
 
     rows = [] if done is None else [np.asarray(r, dtype=np.float64) for r in done]
@@ -106,7 +105,7 @@ def structure_attributes(structures, label: str = "structures", done: np.ndarray
         computed = pool.imap(_worker, [to_record(s) for s in todo], chunksize=4)
         description += f" ({n_proc} processes)"
     try:
-        for row in track(computed, total=len(todo), description=description, transient=True):
+        for row in progress(computed, len(todo), description):
             rows.append(np.asarray(row, dtype=np.float64))
             if checkpoint is not None and len(rows) % checkpoint_every == 0 and len(rows) < len(structures):
                 checkpoint(np.stack(rows))
