@@ -145,8 +145,7 @@ class MagpieStructureFeatures(TabularFeatures):
             done = torch.load(partial, weights_only=True)["values"].numpy() if cache and partial.is_file() else None
             save = (lambda rows: save_tensors(partial, {"values": torch.from_numpy(rows)})) if cache else None
             start = time.perf_counter()
-            attrs = structure_attributes(structures, dataset.name, done=done, checkpoint=save,
-                                         checkpoint_every=CHECKPOINT_EVERY)
+            attrs = structure_attributes(structures, dataset.name, done=done, checkpoint=save)
             log.info("Ward-2017 attributes of %s: %d structures in %.1f s (%d from an earlier run)", dataset.name,
                      len(structures), time.perf_counter() - start, 0 if done is None else len(done))
             if cache:
