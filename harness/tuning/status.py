@@ -35,6 +35,7 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
         raise FileNotFoundError(f"{path} not found: {workdir} is neither a sweep's --workdir nor a folder of them")
     sweep = json.loads(path.read_text())
     client = MlflowClient(sweep["tracking_uri"])
+    trials_of, runs_by_id = _sweep_runs(client, sweep)
     rows = []
     for state_file in sorted((workdir / "searches").glob("*.json")):
         state = json.loads(state_file.read_text())
@@ -44,11 +45,13 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
         seconds = 0.0  # trial time (``trial_seconds``, without the time the sweep was stopped) + fit time
         data_rows = math.nan  # the dataset's rows, as the search's runs record them
         if parent:
-            children = client.search_runs(
-                [sweep["experiment_id"]],
-                f"tags.mlflow.parentRunId = '{parent}' and tags.stage = 'trial'",
-                max_results=10000,
-            )
+            children = trials_of.get(parent)
+            if children is None:  # a search whose runs lack this sweep's id tag: ask for them alone
+                children = client.search_runs(
+                    [sweep["experiment_id"]],
+                    f"tags.mlflow.parentRunId = '{parent}' and tags.stage = 'trial'",
+                    max_results=10000,
+                )
             for run in children:
                 counts[run.data.tags.get("trial_state", "running")] = counts.get(run.data.tags.get("trial_state", "running"), 0) + 1
                 best = min(best, run.data.metrics.get("best_val_mae", math.inf))
@@ -56,7 +59,7 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
                 data_rows = _rows_of(run, data_rows)
         finals = []
         for run_id in state.get("final_runs", {}).values():
-            run = client.get_run(run_id)
+            run = runs_by_id.get(run_id) or client.get_run(run_id)
             seconds += run.data.metrics.get("fit_seconds", 0.0)
             data_rows = _rows_of(run, data_rows)
             if run.info.status == "FINISHED" and "test_mae" in run.data.metrics:
@@ -80,6 +83,28 @@ def sweep_status(workdir: Path) -> tuple[dict, pd.DataFrame]:
         for dataset in frame.loc[frame["data_rows"].isna(), "dataset"].unique():  # else as the catalog counts it
             frame.loc[frame["dataset"] == dataset, "data_rows"] = _catalog_rows(dataset, subsample)
     return sweep, _rare_states_after_failed(frame)
+
+
+def _sweep_runs(client: MlflowClient, sweep: dict) -> tuple[dict[str, list], dict[str, object]]:
+    """All runs of the sweep in one paged query (not one query per search: 7 s for 48 searches).
+
+    Returns the trial runs by parent (search) run id, and every run by its id.
+    """
+    trials_of: dict[str, list] = {}
+    runs_by_id: dict[str, object] = {}
+    token = None
+    while True:
+        page = client.search_runs([sweep["experiment_id"]], f"tags.sweep_id = '{sweep['sweep_id']}'",
+                                  max_results=5000, page_token=token)
+        for run in page:
+            runs_by_id[run.info.run_id] = run
+            if run.data.tags.get("stage") == "trial":
+                trials_of.setdefault(run.data.tags.get("mlflow.parentRunId", ""), []).append(run)
+            elif run.data.tags.get("stage") == "search":
+                trials_of.setdefault(run.info.run_id, [])
+        token = page.token
+        if not token:
+            return trials_of, runs_by_id
 
 
 def _catalog_rows(dataset: str, subsample: int | None) -> float:
