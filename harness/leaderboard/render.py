@@ -115,6 +115,7 @@ def _published_cell(t: SuiteTables, dataset: str, label: str) -> str:
 
 def _main_table(t: SuiteTables) -> list[str]:
     models, labels, published = t.models, t.labels, t.published_labels
+    refs, notes = protocol_footnotes(t)
     header = (["dataset", "unit", "over"] + [labels[m] for m in models] + [f"{p} (published)" for p in published]
               + ["best two: paired test", "differs from the published protocol"])
     rows = []
@@ -129,9 +130,29 @@ def _main_table(t: SuiteTables) -> list[str]:
             cells.append(f"**{text}**" if r is not None and r.has_value and r.value == best else text)
         pub = [_published_cell(t, dataset, p) for p in published]
         rows.append([dataset, t.info[dataset]["unit"] or "—", "; ".join(overs) or "—"] + cells + pub
-                    + [t.significance[dataset].text, "; ".join(t.notes[dataset]) or "—"])
+                    + [t.significance[dataset].text, ", ".join(f"[{n}]" for n in refs[dataset]) or "—"])
     align = ["---"] * 3 + ["---:"] * (len(models) + len(published)) + ["---", "---"]
-    return table(header, rows, align)
+    lines = table(header, rows, align)
+    if notes:
+        lines += ["", "Where our protocol differs from the published one (the last column's numbers):", ""]
+        lines += [f"{n}. {note}" for n, note in enumerate(notes, start=1)]
+    return lines
+
+
+def protocol_footnotes(t: SuiteTables) -> tuple[dict[str, list[int]], list[str]]:
+    """Each dataset's protocol notes as numbers into one list of distinct notes (first use first).
+
+    The same notes repeat on most rows of a suite (the epoch budget, the source of a published
+    number); written out in every row they made the table several screens wide.
+    """
+    notes: list[str] = []
+    refs: dict[str, list[int]] = {}
+    for dataset in t.datasets:
+        for note in t.notes[dataset]:
+            if note not in notes:
+                notes.append(note)
+        refs[dataset] = [notes.index(note) + 1 for note in t.notes[dataset]]
+    return refs, notes
 
 
 def _rank_table(t: SuiteTables) -> list[str]:

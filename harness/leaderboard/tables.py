@@ -467,10 +467,13 @@ def published_numbers(suite: str, datasets: list[str], reference: pd.DataFrame) 
         ref_suite, ref_name, note = alias if alias else (suite, dataset, "")
         hits = ref[(ref["suite"] == ref_suite) & (ref["dataset"] == ref_name)]
         for _, hit in hits.iterrows():
+            source_note = SOURCE_NOTES.get(hit["source"], "")
             rows.append({"dataset": dataset, "model": str(hit["model"]), "metric": hit["metric"],
                          "value": float(hit["value"]), "source": hit["source"],
-                         "note": "; ".join(n for n in (note, SOURCE_NOTES.get(hit["source"], "")) if n)})
-    frame = pd.DataFrame(rows, columns=["dataset", "model", "metric", "value", "source", "note"])
+                         "note": "; ".join(n for n in (note, source_note) if n),
+                         "dataset_note": note, "source_note": source_note})
+    frame = pd.DataFrame(rows, columns=["dataset", "model", "metric", "value", "source", "note",
+                                        "dataset_note", "source_note"])
     # one number per (dataset, model): the first listed
     return frame.drop_duplicates(["dataset", "model"]).reset_index(drop=True)
 
@@ -510,8 +513,15 @@ def protocol_notes(suite: str, dataset: str, info: dict, results: list[PairResul
         if covered and len(covered) < k:
             word = "fold" if len(covered) == 1 else "folds"
             notes.append(f"{word} {', '.join(str(fold_number(s)) for s in covered)} of {k} only")
-    for note in sorted({n for n in published.get("note", []) if n}):
+    for note in sorted({n for n in published.get("dataset_note", []) if n}):
         notes.append(note)
+    # a source's caveat (numbers read off a chart) names the published columns it concerns
+    by_source_note: dict[str, set[str]] = {}
+    for note, model in zip(published.get("source_note", []), published.get("model", [])):
+        if note:
+            by_source_note.setdefault(note, set()).add(model)
+    for note, models in sorted(by_source_note.items()):
+        notes.append(f"published {', '.join(sorted(models))}: {note}")
     return notes
 
 
