@@ -13,6 +13,7 @@ A typical day:
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -199,8 +200,11 @@ def sweep(
     num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of this machine the embedded Ray may use (default: all); leaves the rest free for other work. Ignored with --address.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted sweep in this workdir: same Ray experiments, Optuna studies and MLflow runs.")] = None,
 ) -> None:
-    """Search hyperparameters (Optuna + ASHA on Ray), log every trial to MLflow, then retrain
-    the best configuration with K seeds and score it on the test split (every fold for CV suites).
+    """Search hyperparameters, retrain the best with K seeds, score it on the test split.
+
+    Optuna proposes configurations and ASHA stops weak trials early, on Ray; every trial is an
+    MLflow run. The best configuration of each search is retrained with K seeds on the split's
+    training data and scored on its test part (every fold for CV suites).
 
     Example: [bold]harness sweep --models crabnet --datasets aflow__ael_bulk_modulus_vrh --num-samples 8 --max-epochs 20[/]
     """
@@ -255,12 +259,16 @@ def status(
     workdir: Annotated[Path, typer.Argument(
         help="A sweep's --workdir, or a folder of them (one summary row per sweep).")] = DEFAULT_WORKDIR,
 ) -> None:
-    """Where a sweep stands: trials running / completed / pruned / failed, best so far, per
-    model, dataset and split, the searches not yet started as `pending`, and a count of searches
-    done (works while the sweep runs, and after it was interrupted). `hours`: a search's trial time
-    plus its final fits' time; under the table, the time left, each unfinished search costing what
-    its model's finished searches cost per dataset row, times its rows. Given a folder of sweep workdirs (e.g. the
-    stages of scripts/first_leaderboard.sh), one row per sweep."""
+    """Where a sweep stands: trials by state, best so far, final fits, hours, time left.
+
+    One row per model, dataset and split: trials running / completed / pruned / failed, the best
+    val MAE so far, final fits, and the searches not yet started as `pending`; works while the
+    sweep runs and after it was interrupted. `hours`: a search's trial time plus its final fits'
+    time. Under the table, the time left: each unfinished search costs what its model's finished
+    searches cost per dataset row, times its rows.
+
+    Given a folder of sweep workdirs (e.g. the stages of scripts/first_leaderboard.sh): one row
+    per sweep."""
     from harness.tuning.status import stage_counts, sweep_dirs, sweep_status, sweeps_summary, time_left_text
 
     if not (workdir / "sweep.json").exists() and sweep_dirs(workdir):
@@ -300,9 +308,11 @@ def leaderboard(
              "committed leaderboards/ are written only when asked for (--out leaderboards), as "
              "scripts/first_leaderboard.sh does.")] = None,
 ) -> None:
-    """Write leaderboard pages from the runs in MLflow (the only source of truth): README.md (index,
-    protocols, budget, commands), <suite>.md, and per dataset a page with plots; CSV exports
-    (and, for matbench, Matbench submission files). Same store, same bytes."""
+    """Write markdown leaderboards, plots and CSV exports from the runs in MLflow.
+
+    MLflow is the only source of truth: README.md (index, protocols, budget, commands), one page
+    per suite, and per dataset a page with plots; CSV exports (and, for matbench, Matbench
+    submission files). The same store gives the same bytes."""
     from harness.leaderboard.build import LeaderboardError, suites_in_store, write_all
 
     uri = _tracking_uri(workdir, mlflow_uri)
@@ -317,6 +327,58 @@ def leaderboard(
     for path in pages:
         console.print(f"wrote {path} (+ {path.with_suffix('')}/)")
     console.print(f"wrote {pages[0].parent / 'README.md'}")
+
+
+# ----------------------------------------------------------------------------- analyze
+@analyze_app.command("cecv")
+def analyze_cecv(
+    dataset: Annotated[str, typer.Option(help="A composition dataset (see `harness data list`).")],
+    model: Annotated[str, typer.Option(help="A model exposing per-element features: lgdcnn, crabnet, roost (or lgdcnn_v1, hotcrab).")] = "lgdcnn",
+    max_epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the model's paper recipe).")] = None,
+    subsample: Annotated[Optional[int], typer.Option(help="Train and measure on a seeded random subset of this many rows.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the subset and of training.")] = 0,
+    split: Annotated[Optional[str], typer.Option(help="Split to train on and measure (default: the dataset's first, fixed or fold0).")] = None,
+    element: Annotated[Optional[str], typer.Option(help="Only compounds containing this element (the paper uses Si).")] = None,
+    min_elements: Annotated[int, typer.Option(help="Smallest compounds counted (binaries carry no information: see the module's docstring).")] = 3,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    mlflow_uri: MlflowOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder of the PNG and CSV (default: <workdir>/analysis).")] = None,
+) -> None:
+    """CECV of a trained model: clusters of chemical environments at similarity thresholds.
+
+    L-G-DCNN's diagnostic of its learned element features (Du & Wang, JCTC 2024). Trains the model
+    (with the best hyperparameters a search in this store found for the model and dataset, else the
+    paper's), then counts the distinct per-compound environments of the test rows at thresholds
+    0.05 ... 0.40. Writes a PNG and a CSV, and logs an MLflow run tagged stage=analysis.
+
+    Example: [bold]harness analyze cecv --model lgdcnn --dataset aflow__ael_bulk_modulus_vrh --max-epochs 20[/]
+    """
+    from harness.analysis import run_cecv
+    from harness.data import DataError, resolve_datasets
+    from harness.models import resolve_models
+    from harness.tuning.tracking import default_tracking_uri
+
+    try:
+        (model_name,) = resolve_models(model)
+        (dataset_name,) = resolve_datasets(dataset)
+    except KeyError as exc:
+        _fail(str(exc.args[0]) if exc.args else str(exc))
+    except ValueError:
+        _fail("give one model and one dataset (not a group or suite)")
+    if mlflow_uri:
+        uri = _tracking_uri(workdir, mlflow_uri)
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        uri = default_tracking_uri(workdir)
+    out = out or workdir / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        frame, png = run_cecv(model_name, dataset_name, max_epochs=max_epochs, subsample=subsample, seed=seed,
+                              tracking_uri=uri, out_dir=out, split=split, element=element, min_elements=min_elements)
+    except (KeyError, ValueError, TypeError, DataError) as exc:
+        _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+    _print_frame(frame, title=f"CECV: {model_name} on {dataset_name}", caption="")
+    console.print(f"wrote {png}\nwrote {png.with_suffix('.csv')}\nlogged to MLflow {uri} (a run tagged stage=analysis)")
 
 
 # ----------------------------------------------------------------------------- ui
@@ -338,6 +400,22 @@ def ui(
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # the user's setting wins
     raise typer.Exit(subprocess.call(cmd, env=env))
 
+
+def _reflow_help(*apps: typer.Typer) -> None:
+    """Join the lines of each docstring paragraph: rich help keeps a docstring's line breaks,
+    which then break again at the terminal's width (a ragged column in `--help`)."""
+    def reflow(text: str | None) -> str | None:
+        if not text:
+            return text
+        return "\n\n".join(" ".join(line.strip() for line in part.splitlines())
+                           for part in inspect.cleandoc(text).split("\n\n"))
+
+    for sub in apps:
+        for command in sub.registered_commands:
+            command.callback.__doc__ = reflow(command.callback.__doc__)
+
+
+_reflow_help(app, data_app, models_app, analyze_app)
 
 if __name__ == "__main__":
     app()

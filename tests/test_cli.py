@@ -129,3 +129,35 @@ def test_ui_serves_the_sweep_store_on_loopback(tmp_path):
 
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_analyze_cecv_writes_the_plot_and_table_and_logs_the_counts(tmp_path):
+    """The README's `harness analyze cecv`: a real (short) L-G-DCNN fit, the counts on screen, in
+    the CSV and in MLflow alike."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    result = runner.invoke(app, ["analyze", "cecv", "--dataset", "aflow__ael_bulk_modulus_vrh", "--max-epochs", "1",
+                                 "--subsample", "200", "--workdir", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    stem = tmp_path / "analysis" / "cecv_lgdcnn_aflow__ael_bulk_modulus_vrh"
+    png, frame = stem.with_suffix(".png").read_bytes(), pd.read_csv(stem.with_suffix(".csv"))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1024
+    assert list(frame["threshold"]) == [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]
+    shown = [line.split("│")[1:3] for line in result.output.splitlines() if line.startswith("│ 0.")]
+    assert [(float(t), int(n)) for t, n in shown] == list(zip(frame["threshold"], frame["n_clusters"]))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("harness").experiment_id], "tags.analysis = 'cecv'")
+    assert run.data.tags["params_source"] == "paper defaults" and run.data.tags["data_subsample"] == "200"
+    history = client.get_metric_history(run.info.run_id, "cecv_n_clusters")
+    assert sorted((m.step, int(m.value)) for m in history) == [(round(t * 100), n) for t, n in zip(frame["threshold"], frame["n_clusters"])]
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("all-composition", "give one model and one dataset"),
+    ("nosuch", "unknown model 'nosuch'"),
+])
+def test_analyze_cecv_with_a_group_or_unknown_model_fails_clearly(tmp_path, model, message):
+    result = runner.invoke(app, ["analyze", "cecv", "--model", model, "--dataset", "aflow__ael_bulk_modulus_vrh",
+                                 "--workdir", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and message in result.output and not (tmp_path / "analysis").exists()
