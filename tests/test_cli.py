@@ -161,3 +161,28 @@ def test_analyze_cecv_with_a_group_or_unknown_model_fails_clearly(tmp_path, mode
     result = runner.invoke(app, ["analyze", "cecv", "--model", model, "--dataset", "aflow__ael_bulk_modulus_vrh",
                                  "--workdir", str(tmp_path)], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and message in result.output and not (tmp_path / "analysis").exists()
+
+
+def test_reproduce_command_of_a_users_file_parses_back_to_the_same_options(tmp_path):
+    """A user's file has no catalog name: the leaderboard's reproduce command carries the options
+    that loaded it (`--datasets my_file` would be an unknown dataset)."""
+    import shlex
+
+    import pandas as pd
+    import typer
+
+    from harness.leaderboard.render import sweep_command
+    from harness.tuning.sweep import SweepOptions, dataset_file_options
+
+    opts = SweepOptions(models=["cgcnn"], datasets=[], dataset_file=tmp_path / "my bulk.csv", target="K",
+                        structure_column="cif", id_column="mpid", drop_invalid=True, workdir=tmp_path)
+    searches = pd.DataFrame([
+        {"model": m, "dataset": d, "split": "random", "subsample": "", "num_samples": "4", "max_epochs": "10",
+         "params": {}, "dataset_options": dataset_file_options(opts) if d == "my bulk" else ""}
+        for m in ("cgcnn", "ridge") for d in ("my bulk", "mp_bulk_modulus")])
+    command = sweep_command(searches)
+    assert command.startswith("harness sweep --models cgcnn,ridge --datasets mp_bulk_modulus --dataset-file ")
+    sweep = typer.main.get_command(app).commands["sweep"]
+    params = sweep.make_context("sweep", shlex.split(command)[2:]).params
+    assert params["datasets"] == "mp_bulk_modulus" and params["dataset_file"] == opts.dataset_file
+    assert (params["target"], params["structure_column"], params["id_column"], params["drop_invalid"]) == ("K", "cif", "mpid", True)

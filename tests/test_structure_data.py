@@ -535,3 +535,40 @@ def test_imputed_columns_are_named_in_one_short_line(caplog):
     (message,) = [r.getMessage() for r in caplog.records]
     assert message == ("10 non-finite attribute value(s) in 1 row(s), column(s) attr0, attr1, attr2, attr3, attr4, "
                        "… (10 in all): replaced by column means")
+
+
+def test_sweep_reads_a_structure_file_given_its_column(elastic, tmp_path, monkeypatch):
+    """`harness sweep --dataset-file F --structure-column C`: the file's structures (and their
+    compositions) make the dataset, with the user's ids and the seeded 80/10/10 split."""
+    from harness.tuning.sweep import SweepOptions, load_datasets
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    ids, structs = small(elastic, 10)
+    path = write_csv(tmp_path / "mine.csv", [(i, s.to(fmt="cif"), float(k)) for k, (i, s) in enumerate(zip(ids, structs))])
+    opts = SweepOptions(models=["cgcnn"], datasets=[], dataset_file=path, target="target",
+                        structure_column="cif", id_column="id", workdir=tmp_path / "w")
+    (ds,) = load_datasets(opts)
+    assert ds.name == "mine" and ds.suite == "custom" and ds.frame["id"].tolist() == ids
+    assert [s.composition for s in ds.frame["structure"]] == [s.composition for s in structs]
+    assert ds.frame["formula"].tolist() == [s.composition.formula.replace(" ", "") for s in structs]
+    assert ds.frame["target"].tolist() == [float(k) for k in range(10)] and ds.splits[0].sizes() == (8, 1, 1)
+
+
+def test_sweep_on_a_structure_file_with_bad_entries_names_them_and_starts_nothing(elastic, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    ids, structs = small(elastic, 6)
+    rows = [(i, s.to(fmt="cif"), 1.0) for i, s in zip(ids, structs)] + [("bad-cif", "data_x\nno cif here", 2.0)]
+    path = write_csv(tmp_path / "mine.csv", rows)
+    args = ["sweep", "--models", "cgcnn", "--dataset-file", str(path), "--target", "target",
+            "--id-column", "id", "--workdir", str(tmp_path / "w")]
+    result = CliRunner().invoke(app, args + ["--structure-column", "cif"], env={"COLUMNS": "300"})
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and "mine.csv" in out and "'bad-cif'" in out and "does not parse" in out
+    result = CliRunner().invoke(app, args + ["--structure-column", "poscar"], env={"COLUMNS": "300"})
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and "poscar" in out and "--structure-column" in out
+    assert not (tmp_path / "w").exists()

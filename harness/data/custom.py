@@ -55,7 +55,7 @@ def load_custom(
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
     needed = [formula_col, target] + ([id_col] if id_col else [])
     require_columns(list(df.columns), needed, str(path),
-                    hint="Name the right ones with --formula-col / --target / --id-col.")
+                    hint="Name the right ones with --formula-column / --target / --id-column.")
     name = _stem(path)
     rows = np.arange(1, len(df) + 1)  # data row = file line - 1, blank lines included
     blank = (df.fillna("") == "").all(axis=1).to_numpy()  # blank lines are not rows; numbering stays

@@ -520,7 +520,7 @@ def load_custom_structures(path: str | Path, target: str, structure_col: str = "
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable {'JSON' if is_json else 'CSV'} ({exc})") from None
     require_columns(list(df.columns), [structure_col, target] + ([id_col] if id_col else []), str(path),
-                    hint="Name them with structure_col / target / id_col.")
+                    hint="Name them with --structure-column / --target / --id-column (harness sweep).")
     name = _stem(path)
     sha = hashlib.sha256(data).hexdigest()
     parsed = parse_cached(df[structure_col].tolist(), fmt, source_sha256=sha, column=structure_col, label=name)

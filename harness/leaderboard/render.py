@@ -572,15 +572,18 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
 
 
 # ----------------------------------------------------------------------------- README
-def sweep_command(searches: pd.DataFrame, finals: pd.DataFrame) -> str:
+def sweep_command(searches: pd.DataFrame) -> str:
     """The ``harness sweep`` command line that reproduces one sweep's plan (from its search runs)."""
     first = searches.iloc[0]
     p = first["params"]
     models = sorted(set(searches["model"]))
-    datasets = sorted(set(searches["dataset"]), key=str.lower)
-    parts = ["harness sweep", f"--models {','.join(models)}", f"--datasets {','.join(datasets)}",
-             f"--num-samples {p.get('num_samples', first['num_samples'])}",
-             f"--max-epochs {p.get('max_epochs', first['max_epochs'])}"]
+    files = searches[searches["dataset_options"] != ""] if "dataset_options" in searches else searches.iloc[:0]
+    datasets = sorted(set(searches["dataset"]) - set(files["dataset"]), key=str.lower)
+    parts = ["harness sweep", f"--models {','.join(models)}"]
+    parts += [f"--datasets {','.join(datasets)}"] if datasets else []
+    parts += sorted(set(files["dataset_options"]))  # a user's file: the options that loaded it
+    parts += [f"--num-samples {p.get('num_samples', first['num_samples'])}",
+              f"--max-epochs {p.get('max_epochs', first['max_epochs'])}"]
     for key, flag in (("final_seeds", "--final-seeds"), ("sampler", "--sampler"), ("seed", "--seed"),
                       ("grace_period", "--grace-period"), ("reduction_factor", "--reduction-factor"),
                       ("cpus_per_trial", "--cpus-per-trial"), ("gpus_per_trial", "--gpus-per-trial")):
@@ -647,7 +650,7 @@ def render_readme(all_tables: list[SuiteTables], tracking_uri_hint: str = "") ->
                          str(len(group)), p.get("num_samples", "n/a"), p.get("max_epochs", "n/a"),
                          p.get("final_seeds", "n/a"), f"{len(finals)}",
                          sorted({x for x in group["subsample"] if x})[0] if any(group["subsample"]) else "all rows",
-                         f"`{sweep_command(group, finals)}`"])
+                         f"`{sweep_command(group)}`"])
     if rows:
         lines += table(["suite", "sweep", "datasets", "models", "searches", "trials per search", "max epochs",
                         "final seeds", "final fits", "subsample", "command"], rows)

@@ -106,6 +106,7 @@ RUN_COLUMNS = [
     "split_scheme", "seed", "sweep_id", "unit", "target", "hardware", "git_commit", "harness_version",
     "max_epochs", "num_samples", "subsample", "data_rows", "data_dropped", "data_sha256", "input_kind",
     "trial_state", "trial_id", "trained_on", "error", "final_status", "parent_run_id", "metrics", "params",
+    "dataset_options",
 ]
 
 
@@ -144,6 +145,7 @@ def _run_row(run) -> dict:
         "parent_run_id": tags.get("mlflow.parentRunId", ""),
         "metrics": dict(run.data.metrics),
         "params": dict(run.data.params),
+        "dataset_options": tags.get("dataset_options", ""),  # a user's file: how the sweep loaded it
     }
 
 

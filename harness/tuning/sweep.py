@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import threading
 import time
 import uuid
@@ -75,6 +76,8 @@ class SweepOptions:
     dataset_file: Path | None = None
     target: str | None = None
     formula_column: str = "formula"
+    structure_column: str | None = None  # a --dataset-file of crystal structures (CIF, POSCAR or pymatgen dict)
+    id_column: str | None = None  # ids of --dataset-file rows (default: <file stem>:<data row>)
     storage: str | None = None  # Ray storage_path; shared (NFS/S3/GCS) on multi-node clusters
     max_failures: int = 3  # retries of a trial whose worker or node died
     concurrent_searches: int = 1  # searches (model x dataset x split) running side by side
@@ -147,10 +150,15 @@ def load_datasets(opts: SweepOptions) -> list[Dataset]:
     if opts.dataset_file is not None:
         if not opts.target:
             raise ValueError("--dataset-file needs --target (the name of the target column)")
-        datasets.append(
-            load_custom(opts.dataset_file, opts.target, opts.formula_column,
-                        drop_invalid=opts.drop_invalid, seed=opts.seed)
-        )
+        if opts.structure_column:  # structures; their compositions serve the composition models
+            from harness.data import load_custom_structures
+
+            datasets.append(load_custom_structures(opts.dataset_file, opts.target, opts.structure_column,
+                                                   id_col=opts.id_column, drop_invalid=opts.drop_invalid,
+                                                   seed=opts.seed))
+        else:
+            datasets.append(load_custom(opts.dataset_file, opts.target, opts.formula_column, opts.id_column,
+                                        drop_invalid=opts.drop_invalid, seed=opts.seed))
     for name in opts.datasets:
         datasets.append(load_dataset(name, drop_invalid=opts.drop_invalid))
     if opts.subsample:
@@ -448,7 +456,23 @@ def _base_tags(opts: SweepOptions, sweep_id: str, dataset: Dataset, model: str, 
         "max_epochs": str(opts.max_epochs),
         "num_samples": str(opts.num_samples),
         "sampler": opts.sampler,
+        # a user's file has no catalog name: the options that load it, for the reproduce command
+        **({"dataset_options": dataset_file_options(opts)} if dataset.suite == "custom" else {}),
     }
+
+
+def dataset_file_options(opts: SweepOptions) -> str:
+    """``--dataset-file F --target T …``: how this sweep read the user's file."""
+    parts = [f"--dataset-file {shlex.quote(str(opts.dataset_file))}", f"--target {shlex.quote(opts.target or '')}"]
+    if opts.structure_column:
+        parts.append(f"--structure-column {shlex.quote(opts.structure_column)}")
+    elif opts.formula_column != "formula":
+        parts.append(f"--formula-column {shlex.quote(opts.formula_column)}")
+    if opts.id_column:
+        parts.append(f"--id-column {shlex.quote(opts.id_column)}")
+    if opts.drop_invalid:
+        parts.append("--drop-invalid")
+    return " ".join(parts)
 
 
 def _search_and_evaluate(
