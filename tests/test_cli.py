@@ -186,3 +186,18 @@ def test_reproduce_command_of_a_users_file_parses_back_to_the_same_options(tmp_p
     params = sweep.make_context("sweep", shlex.split(command)[2:]).params
     assert params["datasets"] == "mp_bulk_modulus" and params["dataset_file"] == opts.dataset_file
     assert (params["target"], params["structure_column"], params["id_column"], params["drop_invalid"]) == ("K", "cif", "mpid", True)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--folds", "7"], "dataset 'steels_yield' has no folds [7]"),
+    (["--search-spaces", "EMPTY"], "no search space for model 'ridge'"),
+])
+def test_sweep_with_a_plan_it_cannot_run_fails_before_touching_the_workdir(tmp_path, extra, message):
+    """Checked up front: a missing fold or search space used to fail after the workdir's sweep.json
+    (the one --resume continues) was replaced, or hours later when that model's search began."""
+    (tmp_path / "empty").mkdir()
+    extra = [str(tmp_path / "empty") if a == "EMPTY" else a for a in extra]
+    result = runner.invoke(app, ["sweep", "--models", "ridge", "--datasets", "steels_yield",
+                                 "--workdir", str(tmp_path / "w")] + extra, env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and message in " ".join(result.output.split())
+    assert not (tmp_path / "w").exists()

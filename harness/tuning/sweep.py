@@ -166,6 +166,16 @@ def load_datasets(opts: SweepOptions) -> list[Dataset]:
     return datasets
 
 
+def check_plan(opts: SweepOptions, datasets: list[Dataset]) -> None:
+    """Fail now, not hours into the sweep, on a --folds value a dataset lacks or a search space
+    that does not load (a missing or invalid YAML in --search-spaces)."""
+    for dataset in datasets:
+        if dataset.task_type == "regression":
+            selected_splits(dataset, opts.folds)
+    for model in opts.models:
+        load_space(get_model(model), opts.space_dir)
+
+
 def selected_splits(dataset: Dataset, folds: list[int] | None) -> list[Split]:
     if folds is None or len(dataset.splits) == 1:
         return list(dataset.splits)
@@ -259,6 +269,7 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
     # Bad data (a missing file, an invalid row) fails here, before the workdir is touched: a new
     # sweep's sweep.json would replace the one of the sweep that --resume continues.
     datasets = load_datasets(opts)
+    check_plan(opts, datasets)
     workdir.mkdir(parents=True, exist_ok=True)
     tracking_uri = opts.mlflow_uri or tracking.default_tracking_uri(workdir)
     experiment_id = tracking.prepare_store(tracking_uri, workdir, opts.experiment)
