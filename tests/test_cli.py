@@ -191,6 +191,7 @@ def test_reproduce_command_of_a_users_file_parses_back_to_the_same_options(tmp_p
 @pytest.mark.parametrize(("extra", "message"), [
     (["--folds", "7"], "dataset 'steels_yield' has no folds [7]"),
     (["--search-spaces", "EMPTY"], "no search space for model 'ridge'"),
+    (["--models", "ridge,cgcnn"], "dataset 'steels_yield' has no structures; input kind 'periodic_graph' needs"),
 ])
 def test_sweep_with_a_plan_it_cannot_run_fails_before_touching_the_workdir(tmp_path, extra, message):
     """Checked up front: a missing fold or search space used to fail after the workdir's sweep.json

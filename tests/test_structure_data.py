@@ -471,13 +471,13 @@ def test_alignn_chain_graphs_cached_apart_and_read_back_exactly(elastic, tmp_pat
 
 
 def test_structure_attributes_continue_from_the_rows_an_interrupted_run_saved(elastic, tmp_path, monkeypatch):
-    from harness.featurize.graphs import _structures_of, save_tensors
+    from harness.featurize.graphs import save_tensors, structures_of
     from harness.featurize.structure_attributes import cache_paths, structure_attributes
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     f = elastic.frame[[len(s) <= 2 for s in elastic.frame["structure"]]].head(6)
     ds = rows_dataset(f["id"].tolist(), f["structure"].tolist(), name="attrs")
-    structures, _ = _structures_of(ds, "magpie_structure")
+    structures, _ = structures_of(ds, "magpie_structure")
     saved: list[int] = []
 
     def save_then_stop(rows):  # the run is interrupted right after its first checkpoint

@@ -372,7 +372,7 @@ class CrystalGraphs:
     @classmethod
     def from_dataset(cls, dataset: Dataset, config: GraphConfig | None = None, cache: bool = True) -> "CrystalGraphs":
         config = config or GraphConfig()
-        structures, ids = _structures_of(dataset, config.kind)
+        structures, ids = structures_of(dataset, config.kind)
         path = cache_path(dataset, config)
         if cache and path.is_file():
             return cls(torch.load(path, weights_only=True), config)
@@ -457,7 +457,7 @@ def graph_info(config: GraphConfig) -> dict[str, Any]:
     return info
 
 
-def _structures_of(dataset: Dataset, kind: str):
+def structures_of(dataset: Dataset, kind: str):
     if "structure" not in dataset.frame.columns:
         from harness.data.catalog import SUITES
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from harness.data.dataset import Dataset
-from harness.featurize.graphs import _structures_of, config_hash, save_tensors
+from harness.featurize.graphs import config_hash, save_tensors, structures_of
 from harness.featurize.magpie import N_MAGPIE, MagpieFeatures, TabularFeatures, _impute_column_means
 from harness.paths import cache_dir
 
@@ -136,7 +136,7 @@ class MagpieStructureFeatures(TabularFeatures):
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, cache: bool = True) -> "MagpieStructureFeatures":
-        structures, _ = _structures_of(dataset, "magpie_structure")
+        structures, _ = structures_of(dataset, "magpie_structure")
         magpie = MagpieFeatures.from_dataset(dataset, cache=cache)  # cached on its own
         path, partial = cache_paths(dataset)
         if cache and path.is_file():

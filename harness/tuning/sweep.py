@@ -168,12 +168,20 @@ def load_datasets(opts: SweepOptions) -> list[Dataset]:
 
 def check_plan(opts: SweepOptions, datasets: list[Dataset]) -> None:
     """Fail now, not hours into the sweep, on a --folds value a dataset lacks or a search space
-    that does not load (a missing or invalid YAML in --search-spaces)."""
-    for dataset in datasets:
-        if dataset.task_type == "regression":
-            selected_splits(dataset, opts.folds)
+    that does not load (a missing or invalid YAML in --search-spaces), or a structure model given
+    a dataset of compositions only."""
+    from harness.featurize import STRUCTURE_KINDS
+    from harness.featurize.graphs import structures_of
+
+    regression = [d for d in datasets if d.task_type == "regression"]
+    for dataset in regression:
+        selected_splits(dataset, opts.folds)
     for model in opts.models:
-        load_space(get_model(model), opts.space_dir)
+        spec = get_model(model)
+        load_space(spec, opts.space_dir)
+        if spec.input_kind in STRUCTURE_KINDS:
+            for dataset in regression:
+                structures_of(dataset, spec.input_kind)
 
 
 def selected_splits(dataset: Dataset, folds: list[int] | None) -> list[Split]:
