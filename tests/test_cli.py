@@ -202,3 +202,20 @@ def test_sweep_with_a_plan_it_cannot_run_fails_before_touching_the_workdir(tmp_p
                                  "--workdir", str(tmp_path / "w")] + extra, env={"COLUMNS": "300"})
     assert result.exit_code == 2 and message in " ".join(result.output.split())
     assert not (tmp_path / "w").exists()
+
+
+def test_sweep_asking_for_more_than_this_machine_has_fails_instead_of_waiting_for_ever(tmp_path):
+    """Ray queues a trial it cannot place and only warns once a minute (seen: --gpus-per-trial 1 on
+    a CPU machine waited until killed, its sweep.json already written)."""
+    import os
+
+    import torch
+
+    cpus = os.cpu_count()
+    base = ["sweep", "--models", "ridge", "--datasets", "steels_yield", "--workdir", str(tmp_path / "w")]
+    result = runner.invoke(app, base + ["--cpus-per-trial", str(cpus + 1)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and f"--cpus-per-trial {cpus + 1} asks for more than the {cpus} CPU(s)" in result.output
+    gpus = torch.cuda.device_count()
+    result = runner.invoke(app, base + ["--gpus-per-trial", str(gpus + 1)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and f"--gpus-per-trial {gpus + 1}: torch sees" in result.output
+    assert not (tmp_path / "w").exists()

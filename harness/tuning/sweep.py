@@ -173,6 +173,8 @@ def check_plan(opts: SweepOptions, datasets: list[Dataset]) -> None:
     from harness.featurize import STRUCTURE_KINDS
     from harness.featurize.graphs import structures_of
 
+    if not opts.address:
+        _check_room_on_this_machine(opts)
     regression = [d for d in datasets if d.task_type == "regression"]
     for dataset in regression:
         selected_splits(dataset, opts.folds)
@@ -182,6 +184,25 @@ def check_plan(opts: SweepOptions, datasets: list[Dataset]) -> None:
         if spec.input_kind in STRUCTURE_KINDS:
             for dataset in regression:
                 structures_of(dataset, spec.input_kind)
+
+
+def _check_room_on_this_machine(opts: SweepOptions) -> None:
+    """The embedded Ray holds this machine's CPUs (or --num-cpus) and the GPUs torch sees: a trial
+    asking for more would wait for ever (Ray only warns, once a minute, that nothing runs)."""
+    cpus = opts.num_cpus or os.cpu_count() or 1
+    if opts.cpus_per_trial > cpus:
+        raise ValueError(f"--cpus-per-trial {opts.cpus_per_trial:g} asks for more than the {cpus} CPU(s) of the "
+                         "embedded Ray (this machine, or --num-cpus): no trial could start. Ask for at most "
+                         f"{cpus}, or run on a cluster with --address")
+    if opts.gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if opts.gpus_per_trial > gpus:
+            found = f"{gpus} GPU(s)" if gpus else "no GPU (torch.cuda.is_available() is False)"
+            raise ValueError(f"--gpus-per-trial {opts.gpus_per_trial:g}: torch sees {found} on this machine, so no "
+                             "trial could start. Leave --gpus-per-trial out to train on the CPU, install the "
+                             "CUDA build of torch, or run on a GPU cluster with --address")
 
 
 def selected_splits(dataset: Dataset, folds: list[int] | None) -> list[Split]:
