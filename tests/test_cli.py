@@ -56,6 +56,10 @@ def test_sweep_with_unknown_precision_fails_clearly_before_starting_anything(tmp
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--max-concurrent-trials", "0", "--max-concurrent-trials must be >= 1"),
     ("--concurrent-searches", "-1", "--concurrent-searches must be >= 1"),
+    # these three ran: grace 0 and factor 1 looped for ever computing ASHA's rungs, subsample 0 took all rows
+    ("--grace-period", "0", "--grace-period must be >= 1"),
+    ("--reduction-factor", "1", "--reduction-factor must be >= 2"),
+    ("--subsample", "0", "--subsample must be >= 1 rows"),
 ])
 def test_sweep_with_no_room_for_a_trial_or_search_fails_clearly(tmp_path, option, value, message):
     result = runner.invoke(app, ["sweep", "--models", "ridge", "--datasets", "steels_yield", option, value,

@@ -100,6 +100,12 @@ class SweepOptions:
             raise ValueError("--concurrent-searches must be >= 1")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ValueError("--max-concurrent-trials must be >= 1 (leave it out for as many as the cluster fits)")
+        if self.grace_period < 1:
+            raise ValueError("--grace-period must be >= 1 (epochs a trial runs before ASHA may stop it)")
+        if self.reduction_factor < 2:
+            raise ValueError("--reduction-factor must be >= 2 (ASHA keeps the best 1/F of the trials at each rung)")
+        if self.subsample is not None and self.subsample < 1:
+            raise ValueError("--subsample must be >= 1 rows (leave it out for all rows)")
         if self.num_cpus is not None and self.num_cpus < self.cpus_per_trial:
             raise ValueError(f"--num-cpus {self.num_cpus} leaves no room for one trial "
                              f"(--cpus-per-trial {self.cpus_per_trial})")
