@@ -114,7 +114,10 @@ def _sqlite_file(uri: str) -> Path | None:
 def data_list(
     suite: Annotated[Optional[str], typer.Option(help="Only this suite (crabnet28, matbench, structures, jarvis).")] = None,
 ) -> None:
-    """Table of datasets: name, suite, rows, target, unit, split scheme."""
+    """Table of datasets: name, suite, inputs, rows, target, unit, split scheme.
+
+    inputs: every dataset has compositions (for the composition models); the structure models
+    (`harness models list`, group all-structure) need a dataset with structures."""
     from harness.data import data_table
 
     frame = data_table(suite)

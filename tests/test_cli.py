@@ -26,7 +26,12 @@ def test_data_list_shows_every_dataset_with_rows_and_units():
     lines = [l for l in result.output.splitlines() if "│ crabnet28 │" in l]
     assert len(lines) == 28
     bulk = next(l for l in lines if "aflow__ael_bulk_modulus_vrh" in l)
-    assert "4896" in bulk.replace(",", "") and "GPa" in bulk
+    assert "4896" in bulk.replace(",", "") and "GPa" in bulk and "│ composition │" in bulk
+    # which datasets the structure models can read
+    result = runner.invoke(app, ["data", "list", "--suite", "structures"], env={"COLUMNS": "250"})
+    rows = [l for l in result.output.splitlines() if l.startswith("│ ")]
+    assert len(rows) == 8 and all("│ composition, structure │" in l for l in rows)
+    assert any(l.startswith("│ matbench_phonons ") for l in rows)
 
 
 def test_models_list_names_crabnet_with_its_parameter_count():

@@ -73,11 +73,14 @@ def count_rows(name: str) -> int | None:
 
 
 def data_table(suite: str | None = None) -> pd.DataFrame:
-    """One row per dataset: name, suite, rows, target, unit, split (scheme)."""
+    """One row per dataset: name, suite, inputs, rows, target, unit, split (scheme)."""
     specs = list_specs(suite)
     return pd.DataFrame({
         "name": [s.name for s in specs],
         "suite": [s.suite for s in specs],
+        # what the models can read: structure models need structures; every dataset has compositions
+        "inputs": ["composition, structure" if s.kind == "structure" or s.name in WITH_STRUCTURES else "composition"
+                   for s in specs],
         "rows": pd.Series([count_rows(s.name) for s in specs], dtype=object),  # None: not local yet
         "target": [s.target for s in specs],
         "unit": [s.unit for s in specs],
