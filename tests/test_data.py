@@ -372,8 +372,11 @@ def test_custom_random_split(tmp_path):
 @needs_shared
 def test_data_table(wheel):
     table = data_table()
-    assert list(table.columns) == ["name", "suite", "rows", "target", "unit", "split"]
+    assert list(table.columns) == ["name", "suite", "inputs", "rows", "target", "unit", "split"]
     assert table.suite.value_counts().to_dict() == {"crabnet28": 28, "matbench": 13, "structures": 7, "jarvis": 10}
+    inputs = dict(zip(table.name, table.inputs))
+    assert (inputs["matbench_phonons"], inputs["matbench_log_gvrh"], inputs["matbench_steels"], inputs["castelli"]) == (
+        "composition, structure", "composition, structure (downloaded)", "composition", "composition")
     rows = dict(zip(table.name, table.rows))
     assert rows["matbench_steels"] == 312 and rows["aflow__ael_bulk_modulus_vrh"] == 4896
     assert rows["castelli"] == len(load_dataset("castelli"))

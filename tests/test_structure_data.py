@@ -572,3 +572,35 @@ def test_sweep_on_a_structure_file_with_bad_entries_names_them_and_starts_nothin
     out = " ".join(result.output.split())
     assert result.exit_code == 2 and "poscar" in out and "--structure-column" in out
     assert not (tmp_path / "w").exists()
+
+
+def test_matbench_structure_task_gets_its_structures_from_matbench_json_when_a_model_needs_them(
+        elastic, tmp_path, monkeypatch):
+    """A Matbench structure task other than phonons: its structures come from matbench's json in
+    the cache (what the loader downloads with internet), joined on mbid; the folds stay the
+    official ones. The file here is in matbench's layout with real MP structures standing in for
+    jdft2d's (none are offline): it checks the join and the plumbing, and trains nothing."""
+    from harness.tuning.sweep import SweepOptions, load_datasets
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    plain = load_dataset("matbench_jdft2d")
+    assert "structure" not in plain.frame.columns  # a composition sweep does not parse structures
+    stand_ins = elastic.frame["structure"][[len(s) <= 8 for s in elastic.frame["structure"]]].tolist()
+    ids = plain.frame["id"].tolist()[::-1]  # matbench's order need not be the frame's
+    doc = {"index": ids, "columns": ["structure", "exfoliation_en"],
+           "data": [[stand_ins[k % len(stand_ins)].as_dict(), 1.0] for k in range(len(ids))]}
+    cached = tmp_path / "cache" / "matbench" / "matbench_jdft2d.json.gz"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(gzip.compress(json.dumps(doc).encode()))
+
+    (with_structures,) = load_datasets(SweepOptions(models=["ridge", "cgcnn"], datasets=["matbench_jdft2d"],
+                                                    workdir=tmp_path / "w"))
+    frame = with_structures.frame
+    assert frame["id"].tolist() == plain.frame["id"].tolist() and frame["target"].equals(plain.frame["target"])
+    by_id = dict(zip(ids, (stand_ins[k % len(stand_ins)] for k in range(len(ids)))))
+    assert all(s == by_id[i] for i, s in zip(frame["id"], frame["structure"]))
+    assert [s.test.tolist() for s in with_structures.splits] == [s.test.tolist() for s in plain.splits]
+    assert with_structures.notes["structure_file"] == str(cached) and with_structures.sha256 != plain.sha256
+    (composition_only,) = load_datasets(SweepOptions(models=["ridge"], datasets=["matbench_jdft2d"],
+                                                     workdir=tmp_path / "w"))
+    assert "structure" not in composition_only.frame.columns

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from harness.data import crabnet_wheel, matbench, structures
-from harness.data.catalog import CATALOG, SUITES, WITH_STRUCTURES, DatasetSpec, get_spec, list_specs, resolve_datasets
+from harness.data.catalog import (CATALOG, MATBENCH_STRUCTURE_TASKS, SUITES, WITH_STRUCTURES, DatasetSpec, get_spec,
+                                  list_specs, resolve_datasets)
 from harness.data.crabnet_wheel import read_wheel_csv
 from harness.data.custom import load_custom
 from harness.data.dataset import DataError, Dataset, Split
@@ -29,17 +30,30 @@ __all__ = [
 ]
 
 
-def load_dataset(name: str, *, drop_invalid: bool = False) -> Dataset:
-    """Load a catalog dataset (fetching its source once if needed), validated and split."""
+def load_dataset(name: str, *, drop_invalid: bool = False, with_structures: bool = False) -> Dataset:
+    """Load a catalog dataset (fetching its source once if needed), validated and split.
+
+    ``with_structures``: a Matbench structure task (``MATBENCH_STRUCTURE_TASKS``) also gets its
+    structures, from matbench's json (downloaded once); matbench_phonons always has them.
+    """
     spec = get_spec(name)
     if spec.suite == "crabnet28":
         return crabnet_wheel.load_crabnet(spec.name, drop_invalid=drop_invalid)
     if spec.kind == "structure":
         return structures.load_structure_dataset(spec.name, drop_invalid=drop_invalid)
     dataset = matbench.load_matbench(spec.name, drop_invalid=drop_invalid)
-    if spec.name in WITH_STRUCTURES:  # composition and structure models share its rows and folds
+    if spec.name in WITH_STRUCTURES or (with_structures and spec.name in MATBENCH_STRUCTURE_TASKS):
+        # composition and structure models share its rows and folds
         dataset = structures.attach_matbench_structures(dataset, drop_invalid=drop_invalid)
     return dataset
+
+
+def _inputs(spec: DatasetSpec) -> str:
+    if spec.kind == "structure" or spec.name in WITH_STRUCTURES:
+        return "composition, structure"
+    if spec.name in MATBENCH_STRUCTURE_TASKS:
+        return "composition, structure (downloaded)"  # matbench's json, for structure models
+    return "composition"
 
 
 def fetch(names: list[str]) -> dict[str, Path]:
@@ -79,8 +93,7 @@ def data_table(suite: str | None = None) -> pd.DataFrame:
         "name": [s.name for s in specs],
         "suite": [s.suite for s in specs],
         # what the models can read: structure models need structures; every dataset has compositions
-        "inputs": ["composition, structure" if s.kind == "structure" or s.name in WITH_STRUCTURES else "composition"
-                   for s in specs],
+        "inputs": [_inputs(s) for s in specs],
         "rows": pd.Series([count_rows(s.name) for s in specs], dtype=object),  # None: not local yet
         "target": [s.target for s in specs],
         "unit": [s.unit for s in specs],

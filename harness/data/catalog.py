@@ -111,6 +111,11 @@ JARVIS_PROPERTIES = {
 }
 # Catalog datasets of other suites whose frames also carry a ``structure`` column.
 WITH_STRUCTURES = ("matbench_phonons",)
+# Matbench tasks whose inputs are crystal structures (Matbench v0.1). Their structures are read
+# from matbench's public json (downloaded into the cache on first use) when a sweep has a
+# structure model; offline, only matbench_phonons' are in the data folder (WITH_STRUCTURES).
+MATBENCH_STRUCTURE_TASKS = tuple(f"matbench_{t}" for t in (
+    "dielectric", "jdft2d", "log_gvrh", "log_kvrh", "mp_e_form", "mp_gap", "mp_is_metal", "perovskites", "phonons"))
 
 
 def _build() -> dict[str, DatasetSpec]:

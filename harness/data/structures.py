@@ -550,7 +550,11 @@ def matbench_structure_path(name: str, composition_source: str | None = None) ->
     for path in candidates:
         if path.is_file():
             return path
-    return _download(MATBENCH_STRUCTURE_URL.format(name=name), cached)
+    try:
+        return _download(MATBENCH_STRUCTURE_URL.format(name=name), cached)
+    except DataError as exc:
+        raise DataError(f"{name}: the structure models need its structures, which come from matbench's json: "
+                        f"{exc}".replace(f"matbench_v0.1/{name}.csv.gz", f"structures/{name}.json.gz")) from None
 
 
 def attach_matbench_structures(ds: Dataset, *, drop_invalid: bool = False, cutoff: float = CUTOFF,

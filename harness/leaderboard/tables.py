@@ -40,8 +40,8 @@ PROTOCOLS: dict[str, str] = {
         "the validation set for the search and early stopping; Matbench defines only train/test); "
         "the headline is the mean ± std over folds of the fold test MAE (each fold's MAE "
         "averaged over its K final fits). Composition models run on the compositions of all 13 "
-        "tasks (the sweep skips the three classification tasks); structure models where "
-        "structures exist (matbench_phonons)."
+        "tasks (the sweep skips the three classification tasks); structure models on the 9 "
+        "structure tasks, reading the structures of matbench's json (offline: matbench_phonons)."
     ),
     "structures": (
         "Crystal-structure datasets with DFT targets: a recorded seeded random 80/10/10 split "

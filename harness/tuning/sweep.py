@@ -165,8 +165,13 @@ def load_datasets(opts: SweepOptions) -> list[Dataset]:
         else:
             datasets.append(load_custom(opts.dataset_file, opts.target, opts.formula_column, opts.id_column,
                                         drop_invalid=opts.drop_invalid, seed=opts.seed))
+    from harness.featurize import STRUCTURE_KINDS
+
+    # Matbench's structure tasks carry their structures only where a model reads them (parsing
+    # mp_e_form's 132,752 structures is minutes of work a composition sweep does not need).
+    with_structures = any(get_model(m).input_kind in STRUCTURE_KINDS for m in opts.models)
     for name in opts.datasets:
-        datasets.append(load_dataset(name, drop_invalid=opts.drop_invalid))
+        datasets.append(load_dataset(name, drop_invalid=opts.drop_invalid, with_structures=with_structures))
     if opts.subsample:
         datasets = [d.subsample(opts.subsample, seed=opts.seed) for d in datasets]
     return datasets
