@@ -194,6 +194,9 @@ def sweep(
     dataset_file: Annotated[Optional[Path], typer.Option(help="Your own CSV with a formula (or, with --structure-column, a structure) column and a target column; structures may also come as JSON(.gz). A seeded 80/10/10 split.")] = None,
     target: Annotated[Optional[str], typer.Option(help="Target column of --dataset-file.")] = None,
     formula_column: Annotated[str, typer.Option(help="Formula column of --dataset-file.")] = "formula",
+    neighbours: Annotated[Optional[int], typer.Option(help="Crystal graphs: the k nearest periodic neighbours of each atom (default 12, ties with the k-th kept).")] = None,
+    graph_mode: Annotated[Optional[str], typer.Option(help="Crystal graphs: knn (default; --neighbours) or radius (every neighbour within --cutoff; an atom with none is an error naming the entry). ALIGNN's line graph needs knn.")] = None,
+    cutoff: Annotated[Optional[float], typer.Option(help="Crystal graphs with --graph-mode radius: the radius in Å (default 8).")] = None,
     structure_column: Annotated[Optional[str], typer.Option(help="Structure column of --dataset-file (CIF, POSCAR or pymatgen dict, detected per row): structure models read the structure, composition models its composition.")] = None,
     id_column: Annotated[Optional[str], typer.Option(help="Unique row ids of --dataset-file (default: <file name>:<data row>).")] = None,
     search_spaces: Annotated[Optional[Path], typer.Option(help="Folder of search-space YAMLs (default: search_spaces/).")] = None,
@@ -250,6 +253,7 @@ def sweep(
             reduction_factor=reduction_factor, space_dir=search_spaces,
             dataset_file=dataset_file, target=target, formula_column=formula_column,
             structure_column=structure_column, id_column=id_column,
+            graph_k=neighbours, graph_mode=graph_mode, graph_cutoff=cutoff,
             storage=storage, max_failures=max_failures, concurrent_searches=concurrent_searches or 1,
             max_concurrent_trials=max_concurrent_trials, reuse_actors=reuse_actors, num_cpus=num_cpus,
         )

@@ -604,3 +604,29 @@ def test_matbench_structure_task_gets_its_structures_from_matbench_json_when_a_m
     (composition_only,) = load_datasets(SweepOptions(models=["ridge"], datasets=["matbench_jdft2d"],
                                                      workdir=tmp_path / "w"))
     assert "structure" not in composition_only.frame.columns
+
+
+def test_sweep_graph_settings_reach_the_graphs_and_are_checked_up_front(elastic, tmp_path, monkeypatch):
+    """--neighbours / --graph-mode / --cutoff: the graphs a sweep's structure models read."""
+    from harness.tuning.sweep import SweepOptions, check_plan
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    ids, structs = small(elastic, 6)
+    ds = rows_dataset(ids, structs)
+    default, eight = featurize("periodic_graph", ds), featurize("periodic_graph", ds, {"k": 8})
+    radius = featurize("periodic_graph", ds, {"mode": "radius", "cutoff": 4.0})
+    assert eight.config.k == 8 and len(eight.tensors["dist"]) < len(default.tensors["dist"])
+    for i, s in enumerate(structs):
+        # the 8 nearest (and any tied with the 8th: an fcc atom keeps all 12 equidistant ones)
+        assert eight.graph(i).num_edges == len(gr.neighbour_arrays(s, k=8)[0])
+        assert np.bincount(eight.graph(i).edge_index[1].numpy(), minlength=len(s)).min() >= 8
+        within = sum(len(s.get_neighbors(site, 4.0)) for site in s)
+        assert radius.graph(i).num_edges == within and float(radius.graph(i).edge_length.max()) <= 4.0
+    # the sweep's other graph kind reads the same tensors (one copy), with the same settings
+    view = eight.as_kind("crystal_graph")
+    assert view is not None and view.config.k == 8 and view.tensors is eight.tensors
+    opts = SweepOptions(models=["alignn"], datasets=[], graph_mode="radius", workdir=tmp_path / "w")
+    with pytest.raises(ValueError, match="input kind 'crystal_graph_chain' with radius 8 Å: line_pairs='chain' needs"):
+        check_plan(opts, [ds])
+    with pytest.raises(ValueError, match="mode='ball'"):
+        SweepOptions(models=["cgcnn"], datasets=[], graph_mode="ball")

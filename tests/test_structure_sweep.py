@@ -4,7 +4,8 @@
 final fit each, with the shipped search spaces, in mixed precision (``--precision bf16``): every
 run lands in MLflow with its metrics, the final fit's test MAE is the MAE of its own prediction
 file, and the matbench leaderboard page shows those numbers on the matbench_phonons row beside
-the published ones; the precision is recorded and the README's command line repeats it.
+the published ones; the precision and the graphs (8 nearest neighbours) are recorded and the
+README's command line repeats them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def sweep(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("structure_sweep")
     run_sweep(SweepOptions(
         models=list(MODELS), datasets=[DATASET], folds=[0], num_samples=TRIALS, max_epochs=EPOCHS,
-        final_seeds=1, subsample=200, workdir=workdir, seed=0, num_cpus=2, precision="bf16",
+        final_seeds=1, subsample=200, workdir=workdir, seed=0, num_cpus=2, precision="bf16", graph_k=8,
     ))
     uri = default_tracking_uri(workdir)
     out = tmp_path_factory.mktemp("structure_lb")
@@ -92,6 +93,9 @@ def test_precision_is_recorded_and_in_the_reproduce_command(sweep) -> None:
     (command,) = [line for line in sweep["readme"].splitlines() if line.startswith("| matbench |")
                   and "harness sweep" in line]
     assert "--precision bf16" in command and "--models cgcnn,schnet" in command
+    # the graph settings (--neighbours 8) likewise, and every run says which graphs it read
+    assert "--neighbours 8" in command and "--graph-mode" not in command
+    assert {r.data.tags["graph"] for r in sweep["runs"] if r.data.tags.get("stage")} == {"k-NN, k = 8"}
     (budget,) = parse_tables(sweep["page"].read_text())["Budget"]
     hardware = {plain(r["model"]): r["hardware"] for r in budget if plain(r["dataset"]) == DATASET}
     assert set(hardware) == set(MODELS.values())

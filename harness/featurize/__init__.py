@@ -18,13 +18,13 @@ from harness.featurize.magpie import MagpieFeatures, TabularBatch  # noqa: F401 
 def _structure_kind(kind: str) -> Callable[[Dataset], Features]:
     """Structure featurizers import torch_geometric and matminer (seconds): only when used."""
 
-    def featurizer(dataset: Dataset) -> Features:
-        from harness.featurize.graphs import GRAPH_KINDS, CrystalGraphs
+    def featurizer(dataset: Dataset, graph: dict | None = None) -> Features:
+        from harness.featurize.graphs import CrystalGraphs, graph_config
         from harness.featurize.structure_attributes import MagpieStructureFeatures
 
-        if kind == "magpie_structure":
+        if kind == "magpie_structure":  # Voronoi attributes: no neighbour list of ours
             return MagpieStructureFeatures.from_dataset(dataset)
-        return CrystalGraphs.from_dataset(dataset, GRAPH_KINDS[kind])
+        return CrystalGraphs.from_dataset(dataset, graph_config(kind, graph))
 
     featurizer.__name__ = f"featurize_{kind}"
     return featurizer
@@ -47,12 +47,14 @@ FEATURIZERS: dict[str, Callable[[Dataset], Features]] = {
 }
 
 
-def featurize(input_kind: str, dataset: Dataset) -> Features:
+def featurize(input_kind: str, dataset: Dataset, graph: dict | None = None) -> Features:
+    """``dataset`` as ``input_kind``; ``graph`` overrides the crystal graphs' neighbour settings
+    (``k``, ``cutoff``, ``mode``: ``graphs.GraphConfig``) for the graph kinds."""
     try:
         featurizer = FEATURIZERS[input_kind]
     except KeyError:
         raise KeyError(f"no featurizer for input kind {input_kind!r}; known: {sorted(FEATURIZERS)}") from None
-    return featurizer(dataset)
+    return featurizer(dataset, graph) if graph and input_kind in STRUCTURE_KINDS else featurizer(dataset)
 
 
 def default_info(input_kind: str) -> dict:

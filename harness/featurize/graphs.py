@@ -45,7 +45,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Iterator
@@ -260,6 +260,10 @@ class GraphConfig:
     line_pairs: str = "centre"
 
     def __post_init__(self) -> None:
+        if self.mode not in ("knn", "radius"):
+            raise ValueError(f"mode={self.mode!r}: expected knn (k nearest neighbours) or radius (all within cutoff)")
+        if self.k < 1 or not self.cutoff > 0:
+            raise ValueError(f"k = {self.k}, cutoff = {self.cutoff}: expected k >= 1 and cutoff > 0 Å")
         if self.line_pairs not in LINE_PAIRS:
             raise ValueError(f"line_pairs={self.line_pairs!r}: expected one of {', '.join(LINE_PAIRS)}")
         if self.line_pairs == "chain" and not (self.symmetric and self.mode == "knn"):
@@ -280,6 +284,24 @@ GRAPH_KINDS: dict[str, GraphConfig] = {
     # the reference ALIGNN's graphs: every k-NN bond and its reverse, DGL's directed line graph (ALIGNN)
     "crystal_graph_chain": GraphConfig(k=12, symmetric=True, line_pairs="chain"),
 }
+
+
+def graph_config(kind: str, graph: dict | None = None) -> GraphConfig:
+    """The graphs of input kind ``kind`` with a sweep's neighbour settings (``k``, ``cutoff``,
+    ``mode``) in place of the defaults; ValueError where the kind cannot have them (ALIGNN's
+    chain line graph needs k-NN)."""
+    if not graph:
+        return GRAPH_KINDS[kind]
+    try:
+        return replace(GRAPH_KINDS[kind], **graph)
+    except ValueError as exc:
+        raise ValueError(f"input kind {kind!r} with {graph_text(graph)}: {exc}") from None
+
+
+def graph_text(graph: dict | None) -> str:
+    """``k-NN, k = 12`` / ``radius 6 Å``: the neighbour rule of a sweep's graphs, for people."""
+    config = GraphConfig(**{**(graph or {}), "line_pairs": "centre", "symmetric": False})
+    return f"radius {config.cutoff:g} Å" if config.mode == "radius" else f"k-NN, k = {config.k}"
 
 
 def _safe_arrays(structure, config: GraphConfig) -> dict | str:
@@ -396,6 +418,10 @@ class CrystalGraphs:
         """
         target = GRAPH_KINDS.get(kind)
         if target is None or self.config.site_env or target.site_env:
+            return None
+        try:  # a sweep's neighbour settings apply to all its graph kinds alike
+            target = replace(target, k=self.config.k, cutoff=self.config.cutoff, mode=self.config.mode)
+        except ValueError:  # e.g. a chain line graph over radius graphs
             return None
         stored = lambda c: {k: v for k, v in c.__dict__.items() if k not in ("line_graph", "line_pairs")}  # noqa: E731
         if stored(target) != stored(self.config):

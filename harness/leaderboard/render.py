@@ -589,6 +589,9 @@ def sweep_command(searches: pd.DataFrame) -> str:
                       ("cpus_per_trial", "--cpus-per-trial"), ("gpus_per_trial", "--gpus-per-trial")):
         if key in p:
             parts.append(f"{flag} {p[key]}")
+    for key, flag in (("graph_k", "--neighbours"), ("graph_mode", "--graph-mode"), ("graph_cutoff", "--cutoff")):
+        if key in p:  # given to the sweep (absent: each graph kind's default)
+            parts.append(f"{flag} {p[key]}")
     if p.get("precision", "fp32") != "fp32":  # fp32, the default, is left out (and absent from older runs)
         parts.append(f"--precision {p['precision']}")
     folds = sorted({int(s[4:]) for s in searches["split"] if s.startswith("fold") and s[4:].isdigit()})

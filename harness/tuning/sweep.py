@@ -76,6 +76,10 @@ class SweepOptions:
     dataset_file: Path | None = None
     target: str | None = None
     formula_column: str = "formula"
+    # neighbour settings of the crystal graphs (graphs.GraphConfig); None: each kind's default (k-NN, k = 12)
+    graph_k: int | None = None
+    graph_cutoff: float | None = None
+    graph_mode: str | None = None
     structure_column: str | None = None  # a --dataset-file of crystal structures (CIF, POSCAR or pymatgen dict)
     id_column: str | None = None  # ids of --dataset-file rows (default: <file stem>:<data row>)
     storage: str | None = None  # Ray storage_path; shared (NFS/S3/GCS) on multi-node clusters
@@ -100,6 +104,10 @@ class SweepOptions:
             raise ValueError("--concurrent-searches must be >= 1")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ValueError("--max-concurrent-trials must be >= 1 (leave it out for as many as the cluster fits)")
+        if self.graph:
+            from harness.featurize.graphs import GraphConfig
+
+            GraphConfig(**self.graph)  # a ValueError naming the bad field
         if self.grace_period < 1:
             raise ValueError("--grace-period must be >= 1 (epochs a trial runs before ASHA may stop it)")
         if self.reduction_factor < 2:
@@ -109,6 +117,13 @@ class SweepOptions:
         if self.num_cpus is not None and self.num_cpus < self.cpus_per_trial:
             raise ValueError(f"--num-cpus {self.num_cpus} leaves no room for one trial "
                              f"(--cpus-per-trial {self.cpus_per_trial})")
+
+
+    @property
+    def graph(self) -> dict:
+        """The graph settings given (GraphConfig fields), for the featurizers."""
+        given = {"k": self.graph_k, "cutoff": self.graph_cutoff, "mode": self.graph_mode}
+        return {k: v for k, v in given.items() if v is not None}
 
 
 class SweepInterrupted(RuntimeError):
@@ -182,7 +197,7 @@ def check_plan(opts: SweepOptions, datasets: list[Dataset]) -> None:
     that does not load (a missing or invalid YAML in --search-spaces), or a structure model given
     a dataset of compositions only."""
     from harness.featurize import STRUCTURE_KINDS
-    from harness.featurize.graphs import structures_of
+    from harness.featurize.graphs import GRAPH_KINDS, graph_config, structures_of
 
     if not opts.address:
         _check_room_on_this_machine(opts)
@@ -193,6 +208,8 @@ def check_plan(opts: SweepOptions, datasets: list[Dataset]) -> None:
         spec = get_model(model)
         load_space(spec, opts.space_dir)
         if spec.input_kind in STRUCTURE_KINDS:
+            if spec.input_kind in GRAPH_KINDS:
+                graph_config(spec.input_kind, opts.graph)  # e.g. ALIGNN's line graph needs k-NN
             for dataset in regression:
                 structures_of(dataset, spec.input_kind)
 
@@ -338,7 +355,8 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
             for model in opts.models:
                 spec = get_model(model)
                 if spec.input_kind not in features_by_kind:
-                    features_by_kind[spec.input_kind] = _features_in_object_store(spec.input_kind, dataset, stored)
+                    features_by_kind[spec.input_kind] = _features_in_object_store(spec.input_kind, dataset, stored,
+                                                                                  opts.graph)
                 for split in selected_splits(dataset, opts.folds):
                     jobs.append((dataset, model, split, features_by_kind[spec.input_kind]))
         # The whole plan, for `harness status` (which lists the searches not yet started too).
@@ -486,6 +504,8 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def _base_tags(opts: SweepOptions, sweep_id: str, dataset: Dataset, model: str, split: Split) -> dict[str, str]:
+    from harness.featurize.graphs import GRAPH_KINDS, graph_text
+
     spec = get_model(model)
     return {
         **tracking.provenance_tags(),
@@ -507,6 +527,7 @@ def _base_tags(opts: SweepOptions, sweep_id: str, dataset: Dataset, model: str, 
         "max_epochs": str(opts.max_epochs),
         "num_samples": str(opts.num_samples),
         "sampler": opts.sampler,
+        **({"graph": graph_text(opts.graph)} if spec.input_kind in GRAPH_KINDS else {}),
         # a user's file has no catalog name: the options that load it, for the reproduce command
         **({"dataset_options": dataset_file_options(opts)} if dataset.suite == "custom" else {}),
     }
@@ -562,6 +583,7 @@ def _search_and_evaluate(
                 "grace_period": opts.grace_period, "reduction_factor": opts.reduction_factor,
                 "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
                 "precision": opts.precision, "split_sizes": "/".join(map(str, split.sizes())),
+                **{f"graph_{k}": v for k, v in opts.graph.items()},  # only those given: the reproduce command
             }).items()
         ])
     parent_run_id = state["parent_run_id"]
@@ -947,7 +969,7 @@ def _outcome_from_store(client, state: dict, outcome: SearchOutcome) -> SearchOu
     return outcome
 
 
-def _features_in_object_store(kind: str, dataset: Dataset, stored: dict[str, Any]):
+def _features_in_object_store(kind: str, dataset: Dataset, stored: dict[str, Any], graph: dict | None = None):
     """An ObjectRef of ``dataset`` featurized as ``kind``, put once: every trial and final fit reads
     it there. A kind that another stored kind can be read as (crystal_graph / periodic_graph)
     gets a :class:`FeaturesView` of that copy instead of a second copy of the same tensors."""
@@ -960,7 +982,7 @@ def _features_in_object_store(kind: str, dataset: Dataset, stored: dict[str, Any
             console.print(f"{dataset.name} as {kind}: reads the {other} features already stored")
             return FeaturesView(ref, kind)
     start = time.time()
-    features = featurize(kind, dataset)
+    features = featurize(kind, dataset, graph)
     ref = ray.put(features)
     stored[kind] = (features, ref)
     console.print(f"featurized {dataset.name} as {kind} in {time.time() - start:.1f} s")
