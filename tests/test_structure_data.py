@@ -552,6 +552,10 @@ def test_sweep_reads_a_structure_file_given_its_column(elastic, tmp_path, monkey
     assert [s.composition for s in ds.frame["structure"]] == [s.composition for s in structs]
     assert ds.frame["formula"].tolist() == [s.composition.formula.replace(" ", "") for s in structs]
     assert ds.frame["target"].tolist() == [float(k) for k in range(10)] and ds.splits[0].sizes() == (8, 1, 1)
+    # radius graphs of 1 Å: every structure has an isolated atom, found when the data loads
+    radius = SweepOptions(**{**opts.__dict__, "graph_mode": "radius", "graph_cutoff": 1.0})
+    with pytest.raises(DataError, match=rf"id '{ids[0]}'.*isolated atom.*within the 1.0 Å cutoff"):
+        load_datasets(radius)
 
 
 def test_sweep_on_a_structure_file_with_bad_entries_names_them_and_starts_nothing(elastic, tmp_path, monkeypatch):

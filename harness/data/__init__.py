@@ -30,21 +30,24 @@ __all__ = [
 ]
 
 
-def load_dataset(name: str, *, drop_invalid: bool = False, with_structures: bool = False) -> Dataset:
+def load_dataset(name: str, *, drop_invalid: bool = False, with_structures: bool = False,
+                 cutoff: float = structures.CUTOFF) -> Dataset:
     """Load a catalog dataset (fetching its source once if needed), validated and split.
 
     ``with_structures``: a Matbench structure task (``MATBENCH_STRUCTURE_TASKS``) also gets its
     structures, from matbench's json (downloaded once); matbench_phonons always has them.
+    ``cutoff``: a structure with an atom that has no neighbour this close (Å) is invalid (the
+    radius of radius graphs).
     """
     spec = get_spec(name)
     if spec.suite == "crabnet28":
         return crabnet_wheel.load_crabnet(spec.name, drop_invalid=drop_invalid)
     if spec.kind == "structure":
-        return structures.load_structure_dataset(spec.name, drop_invalid=drop_invalid)
+        return structures.load_structure_dataset(spec.name, drop_invalid=drop_invalid, cutoff=cutoff)
     dataset = matbench.load_matbench(spec.name, drop_invalid=drop_invalid)
     if spec.name in WITH_STRUCTURES or (with_structures and spec.name in MATBENCH_STRUCTURE_TASKS):
         # composition and structure models share its rows and folds
-        dataset = structures.attach_matbench_structures(dataset, drop_invalid=drop_invalid)
+        dataset = structures.attach_matbench_structures(dataset, drop_invalid=drop_invalid, cutoff=cutoff)
     return dataset
 
 

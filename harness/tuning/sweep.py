@@ -167,6 +167,11 @@ def _asha_rungs(grace: int, factor: int, max_t: int) -> tuple[int, ...]:
 def load_datasets(opts: SweepOptions) -> list[Dataset]:
     from harness.data import load_custom, load_dataset
 
+    from harness.data.structures import CUTOFF
+
+    # radius graphs: an atom with no neighbour within the radius is an invalid row (named, or
+    # dropped with --drop-invalid) when the data loads, not an error once the sweep has begun
+    cutoff = (opts.graph_cutoff or CUTOFF) if opts.graph_mode == "radius" else CUTOFF
     datasets = []
     if opts.dataset_file is not None:
         if not opts.target:
@@ -176,7 +181,7 @@ def load_datasets(opts: SweepOptions) -> list[Dataset]:
 
             datasets.append(load_custom_structures(opts.dataset_file, opts.target, opts.structure_column,
                                                    id_col=opts.id_column, drop_invalid=opts.drop_invalid,
-                                                   seed=opts.seed))
+                                                   seed=opts.seed, cutoff=cutoff))
         else:
             datasets.append(load_custom(opts.dataset_file, opts.target, opts.formula_column, opts.id_column,
                                         drop_invalid=opts.drop_invalid, seed=opts.seed))
@@ -186,7 +191,8 @@ def load_datasets(opts: SweepOptions) -> list[Dataset]:
     # mp_e_form's 132,752 structures is minutes of work a composition sweep does not need).
     with_structures = any(get_model(m).input_kind in STRUCTURE_KINDS for m in opts.models)
     for name in opts.datasets:
-        datasets.append(load_dataset(name, drop_invalid=opts.drop_invalid, with_structures=with_structures))
+        datasets.append(load_dataset(name, drop_invalid=opts.drop_invalid, with_structures=with_structures,
+                                     cutoff=cutoff))
     if opts.subsample:
         datasets = [d.subsample(opts.subsample, seed=opts.seed) for d in datasets]
     return datasets
