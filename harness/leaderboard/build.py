@@ -22,10 +22,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
 
+from harness.console import make_console, progress
 from harness.leaderboard import matbench_export, plots
 from harness.leaderboard.render import (
     csv_bytes,
@@ -79,7 +81,8 @@ def suite_files(t: SuiteTables) -> dict[str, bytes]:
     """Every file of one suite (paths relative to the output folder) except README.md."""
     suite = t.data.suite
     files: dict[str, bytes] = {}
-    for dataset in t.datasets:
+    # plots are most of the time (seconds per dataset): say how far it is
+    for dataset in progress(t.datasets, len(t.datasets), f"{suite}: dataset pages and plots", min_total=2):
         base = f"{suite}/{slug(dataset)}"
         made: dict[str, str | None] = {}
         residual_png, train_logged = plots.residuals(t, dataset)
@@ -158,7 +161,12 @@ def write_all(tracking_uri: str, out_dir: Path, suites: list[str] | None = None)
     files: dict[str, bytes] = {}
     built: dict[str, SuiteTables] = {}
     for suite in suites:
+        start = time.perf_counter()
         t = suite_tables(tracking_uri, suite)
+        if not t.data.pairs.empty:
+            make_console().print(f"{suite}: {len(t.data.finals)} final fits and {len(t.data.trials)} trials of "
+                                 f"{len(t.datasets)} dataset(s) read from MLflow ({time.perf_counter() - start:.0f} s)",
+                                 highlight=False)
         if t.data.pairs.empty:
             present = suites_in_store(tracking_uri)
             raise LeaderboardError(
