@@ -187,7 +187,7 @@ def test_reproduce_command_of_a_users_file_parses_back_to_the_same_options(tmp_p
                         structure_column="cif", id_column="mpid", drop_invalid=True, workdir=tmp_path)
     searches = pd.DataFrame([
         {"model": m, "dataset": d, "split": "random", "subsample": "", "num_samples": "4", "max_epochs": "10",
-         "params": {}, "dataset_options": dataset_file_options(opts) if d == "my bulk" else ""}
+         "params": {}, "dataset_options": dataset_file_options(opts) if d == "my bulk" else "", "data_dropped": "1"}
         for m in ("cgcnn", "ridge") for d in ("my bulk", "mp_bulk_modulus")])
     command = sweep_command(searches)
     assert command.startswith("harness sweep --models cgcnn,ridge --datasets mp_bulk_modulus --dataset-file ")
@@ -195,6 +195,11 @@ def test_reproduce_command_of_a_users_file_parses_back_to_the_same_options(tmp_p
     params = sweep.make_context("sweep", shlex.split(command)[2:]).params
     assert params["datasets"] == "mp_bulk_modulus" and params["dataset_file"] == opts.dataset_file
     assert (params["target"], params["structure_column"], params["id_column"], params["drop_invalid"]) == ("K", "cif", "mpid", True)
+    assert command.count("--drop-invalid") == 1
+    # a catalog dataset with rows dropped as invalid: the flag too, else the command stops at them
+    catalog_only = searches[searches["dataset"] == "mp_bulk_modulus"].assign(dataset_options="")
+    assert sweep_command(catalog_only).endswith("--drop-invalid")
+    assert "--drop-invalid" not in sweep_command(catalog_only.assign(data_dropped="0"))
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -600,6 +600,9 @@ def sweep_command(searches: pd.DataFrame) -> str:
     subs = sorted({s for s in searches["subsample"] if s})
     if subs:
         parts.append(f"--subsample {subs[0]}")
+    # rows were dropped as invalid: without the flag the same command stops at them
+    if any(d not in ("", "0") for d in searches["data_dropped"]) and "--drop-invalid" not in " ".join(parts):
+        parts.append("--drop-invalid")
     return " ".join(parts)
 
 
