@@ -118,7 +118,6 @@ class SweepOptions:
             raise ValueError(f"--num-cpus {self.num_cpus} leaves no room for one trial "
                              f"(--cpus-per-trial {self.cpus_per_trial})")
 
-
     @property
     def graph(self) -> dict:
         """The graph settings given (GraphConfig fields), for the featurizers."""
@@ -165,9 +164,9 @@ def _asha_rungs(grace: int, factor: int, max_t: int) -> tuple[int, ...]:
 
 
 def load_datasets(opts: SweepOptions) -> list[Dataset]:
-    from harness.data import load_custom, load_dataset
-
+    from harness.data import load_custom, load_custom_structures, load_dataset
     from harness.data.structures import CUTOFF
+    from harness.featurize import STRUCTURE_KINDS
 
     # radius graphs: an atom with no neighbour within the radius is an invalid row (named, or
     # dropped with --drop-invalid) when the data loads, not an error once the sweep has begun
@@ -177,16 +176,12 @@ def load_datasets(opts: SweepOptions) -> list[Dataset]:
         if not opts.target:
             raise ValueError("--dataset-file needs --target (the name of the target column)")
         if opts.structure_column:  # structures; their compositions serve the composition models
-            from harness.data import load_custom_structures
-
             datasets.append(load_custom_structures(opts.dataset_file, opts.target, opts.structure_column,
                                                    id_col=opts.id_column, drop_invalid=opts.drop_invalid,
                                                    seed=opts.seed, cutoff=cutoff))
         else:
             datasets.append(load_custom(opts.dataset_file, opts.target, opts.formula_column, opts.id_column,
                                         drop_invalid=opts.drop_invalid, seed=opts.seed))
-    from harness.featurize import STRUCTURE_KINDS
-
     # Matbench's structure tasks carry their structures only where a model reads them (parsing
     # mp_e_form's 132,752 structures is minutes of work a composition sweep does not need).
     with_structures = any(get_model(m).input_kind in STRUCTURE_KINDS for m in opts.models)
