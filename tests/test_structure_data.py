@@ -634,3 +634,7 @@ def test_sweep_graph_settings_reach_the_graphs_and_are_checked_up_front(elastic,
         check_plan(opts, [ds])
     with pytest.raises(ValueError, match="mode='ball'"):
         SweepOptions(models=["cgcnn"], datasets=[], graph_mode="ball")
+    with pytest.raises(ValueError, match="--cutoff is the radius of --graph-mode radius"):
+        SweepOptions(models=["cgcnn"], datasets=[], graph_cutoff=5.0)  # would be ignored by k-NN
+    with pytest.raises(ValueError, match="--neighbours is k of k-NN graphs"):
+        SweepOptions(models=["cgcnn"], datasets=[], graph_mode="radius", graph_k=8)

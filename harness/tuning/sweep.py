@@ -104,6 +104,10 @@ class SweepOptions:
             raise ValueError("--concurrent-searches must be >= 1")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ValueError("--max-concurrent-trials must be >= 1 (leave it out for as many as the cluster fits)")
+        if self.graph_cutoff is not None and self.graph_mode != "radius":
+            raise ValueError("--cutoff is the radius of --graph-mode radius; k-NN graphs take --neighbours")
+        if self.graph_k is not None and self.graph_mode == "radius":
+            raise ValueError("--neighbours is k of k-NN graphs; --graph-mode radius takes --cutoff")
         if self.graph:
             from harness.featurize.graphs import GraphConfig
 
