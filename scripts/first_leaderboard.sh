@@ -16,8 +16,9 @@
 # pages are regenerated after every stage, so a partial leaderboard is always current (missing
 # results show as missing, never as numbers). They go beside the store ($LEADERBOARD_RUNS/pages),
 # not into the committed leaderboards/: a store on a new machine starts empty, and its first
-# pages would replace committed ones made from a fuller store. Publish when the store covers
-# them: cp -r "$LEADERBOARD_RUNS/pages/." leaderboards/ (or LEADERBOARD_OUT=leaderboards).
+# pages would replace committed ones made from a fuller store. After each stage they are copied
+# into leaderboards/ once they hold every result shown there (scripts/publish_leaderboard.py;
+# PUBLISH=0 to never copy; LEADERBOARD_OUT=leaderboards writes there directly).
 # Progress: `harness status ~/.cache/harness/leaderboard-runs` (one row per stage started so far).
 # On a GPU the same stages run much faster: pass GPUS_PER_TRIAL=0.25 (four trials per GPU), and
 # PRECISION=bf16 (on a CPU with AMX the attention and line-graph models train 1.5-3x faster).
@@ -115,6 +116,10 @@ for entry in "${PLAN[@]}"; do
   fi
   harness leaderboard --mlflow-uri "$MLFLOW_URI" --out "$OUT"
   date '+%F %T' > "$workdir/$DONE_FILE"  # the sweep exited 0 (set -e): every search of the stage is done
+  # Into leaderboards/ once the new pages hold every result shown there (else it lists what they
+  # lack); PUBLISH=0 keeps leaderboards/ as it is. The copy is left for a person to commit.
+  if [ "${PUBLISH:-1}" = 1 ] && ! [ "$OUT" -ef leaderboards ]; then
+    python scripts/publish_leaderboard.py "$OUT" --apply || true
+  fi
 done
 echo "== $(date '+%F %T') done; pages in $OUT/"
-[ "$OUT" -ef leaderboards ] || echo "publish them (when this store covers the committed pages): cp -r \"$OUT/.\" leaderboards/"

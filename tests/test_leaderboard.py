@@ -586,3 +586,27 @@ def test_protocol_note_names_the_published_numbers_its_caveat_concerns():
     assert set(published["model"]) == {"Roost", "CrabNet", "HotCrab", "ElemNet", "RF", "L-G-DCNN", "L-G-DCNN-V1"}
     notes = protocol_notes("crabnet28", "aflow__ael_bulk_modulus_vrh", {}, [], published)
     assert notes == ["published L-G-DCNN, L-G-DCNN-V1: read off a bar chart (about 2 significant digits)"]
+
+
+def test_new_pages_replace_the_published_ones_only_when_they_hold_every_result(store, tmp_path):
+    """scripts/publish_leaderboard.py's rule: no published (dataset, model) result may be lost,
+    nor shown over fewer folds or seeds."""
+    from harness.leaderboard.coverage import missing_results
+
+    out = store["out"]
+    assert missing_results(out, out) == []
+    published = tmp_path / "published"
+    shutil.copytree(out, published)
+    path = published / SUITE / "results.csv"
+    results = pd.read_csv(path)
+    measured = results[results["kind"] == "measured"]
+    crabnet = measured["model"] == "crabnet"
+    n = float(measured.loc[crabnet, "n"].iloc[0])
+    results.loc[results.index[results["kind"] == "measured"][crabnet.to_numpy()], "n"] = n + 1
+    roost = measured[crabnet].assign(model="roost", label="Roost")
+    pd.concat([results, roost]).to_csv(path, index=False)
+    assert missing_results(published, out) == [
+        f"{SUITE} / {DATASET} / CrabNet ({n:g} folds/seeds, published {n + 1:g})",
+        f"{SUITE} / {DATASET} / Roost (no result)",
+    ]
+    assert missing_results(out, published) == []  # the other way round nothing is lost
