@@ -313,7 +313,18 @@ def pareto(tables: SuiteTables, dataset: str) -> bytes | None:
                     lw=1, ls="--")
         xs = [r.total_hours for r in items]
         if max(xs) / min(xs) > 10:
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
             ax.set_xscale("log")
+            # hours as people write them (0.2, 1, 30), not 2×10⁻¹; within two decades the
+            # 2 and 5 marks are labelled too, else a decade alone has too few labels to read
+            plain = FuncFormatter(lambda v, _: f"{v:g}")
+            ax.xaxis.set_major_formatter(plain)
+            if max(xs) / min(xs) < 100:
+                ax.xaxis.set_minor_locator(LogLocator(subs=(2, 5)))
+                ax.xaxis.set_minor_formatter(plain)
+            else:
+                ax.xaxis.set_minor_formatter(NullFormatter())
         else:
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
             ax.margins(x=0.15)
