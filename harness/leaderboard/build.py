@@ -163,16 +163,15 @@ def write_all(tracking_uri: str, out_dir: Path, suites: list[str] | None = None)
     for suite in suites:
         start = time.perf_counter()
         t = suite_tables(tracking_uri, suite)
-        if not t.data.pairs.empty:
-            make_console().print(f"{suite}: {len(t.data.finals)} final fits and {len(t.data.trials)} trials of "
-                                 f"{len(t.datasets)} dataset(s) read from MLflow ({time.perf_counter() - start:.0f} s)",
-                                 highlight=False)
         if t.data.pairs.empty:
             present = suites_in_store(tracking_uri)
             raise LeaderboardError(
                 f"no runs of suite {suite!r} in {tracking_uri}; suites present: "
                 f"{', '.join(present) or 'none'} (run `harness sweep` first)"
             )
+        make_console().print(f"{suite}: {len(t.data.finals)} final fits and {len(t.data.trials)} trials of "
+                             f"{len(t.datasets)} dataset(s) read from MLflow ({time.perf_counter() - start:.0f} s)",
+                             highlight=False)
         built[suite] = t
         files.update(suite_files(t))
     files["README.md"] = _readme(tracking_uri, built)
