@@ -1,0 +1,63 @@
+"""scripts/first_leaderboard.sh's plan: every stage names real models and datasets, the large
+sets are stages of their own, and a stage's state (new / started / finished) is read from its workdir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from harness.data import get_spec
+from harness.models import get_model
+from harness.featurize import STRUCTURE_KINDS
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "first_leaderboard.sh"
+
+
+def _plan(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PLAN_ONLY": "1", "LEADERBOARD_RUNS": str(tmp_path), **env})
+
+
+def _stages(result: subprocess.CompletedProcess) -> dict[str, list[str]]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line.split(" | ") for line in result.stdout.splitlines()[1:]]
+    return {cells[0]: cells[1:] for cells in lines}
+
+
+def test_every_stage_names_registered_models_and_catalog_datasets(tmp_path):
+    stages = _stages(_plan(tmp_path, SETS="small large"))
+    small = ["classical-extended", "fc-extended", "structure-light", "attention-extended", "classical-matbench",
+             "fc-matbench", "attention-matbench", "structure-heavy"]
+    assert list(stages) == small + [f"{s}-large" for s in small if s != "structure-light" and s != "structure-heavy"] \
+        + ["structure-light-large", "structure-heavy-large"]
+    for name, (state, models, datasets, _, _) in stages.items():
+        assert state == "new"
+        for model in models.split(","):
+            get_model(model)  # raises on an unknown name
+        specs = [get_spec(d) for d in datasets.split(",")]
+        assert all(s.task_type == "regression" for s in specs), name
+        structure = name.startswith("structure")
+        assert {get_model(m).input_kind in STRUCTURE_KINDS for m in models.split(",")} == {structure}, name
+    # the large sets are new datasets, not the small ones again (one store: no dataset x model twice)
+    for name in small:
+        if f"{name}-large" in stages:
+            assert not set(stages[name][2].split(",")) & set(stages[f"{name}-large"][2].split(","))
+    # SVR's O(N^2) fit is kept off the 85k-342k row sets
+    assert "svr" in stages["classical-extended"][1].split(",")
+    assert "svr" not in stages["classical-extended-large"][1].split(",")
+    assert len(stages["attention-extended-large"][2].split(",")) == 10
+
+
+def test_stage_state_comes_from_its_workdir_and_bad_sets_are_refused(tmp_path):
+    (tmp_path / "fc-extended").mkdir()
+    (tmp_path / "fc-extended" / "sweep.json").write_text("{}")
+    (tmp_path / "classical-extended").mkdir()
+    (tmp_path / "classical-extended" / "sweep.json").write_text("{}")
+    (tmp_path / "classical-extended" / "stage-done").write_text("2026-12-05 04:36:44\n")
+    stages = _stages(_plan(tmp_path, STAGES="classical fc"))
+    assert {k: v[0] for k, v in stages.items()} == {
+        "classical-extended": "finished 2026-12-05 04:36:44", "fc-extended": "started",
+        "classical-matbench": "new", "fc-matbench": "new"}
+    bad = _plan(tmp_path, SETS="huge")
+    assert bad.returncode == 2 and 'SETS="huge": each word must be small or large' in bad.stderr
