@@ -610,3 +610,27 @@ def test_new_pages_replace_the_published_ones_only_when_they_hold_every_result(s
         f"{SUITE} / {DATASET} / Roost (no result)",
     ]
     assert missing_results(out, published) == []  # the other way round nothing is lost
+
+
+def test_results_from_different_data_versions_are_shown_as_such(store, tmp_path):
+    """One row's models ran on different data (another file, other rows dropped): the dataset page
+    names each sha256 with its models and the Test MAE row points to a note saying so."""
+    page = (store["out"] / SUITE / f"{DATASET}.md").read_text()
+    (sha,) = {r.data.tags["data_sha256"] for r in store["runs"] if r.data.tags.get("stage") in ("search", "final")}
+    assert f"data sha256 `{sha[:16]}`" in page and "versions of the data" not in store["page"].read_text()
+    copy = tmp_path / "store"
+    copy.mkdir()
+    shutil.copy(store["workdir"] / "mlflow.db", copy / "mlflow.db")
+    uri = default_tracking_uri(copy)
+    client = MlflowClient(uri)
+    other = "f" * 64
+    for r in store["runs"]:
+        if r.data.tags.get("model") == "hotcrab":
+            client.set_tag(r.info.run_id, "data_sha256", other)
+    out = tmp_path / "out"
+    text = write_leaderboard(SUITE, uri, out).read_text()
+    page = (out / SUITE / f"{DATASET}.md").read_text()
+    assert f"data sha256 `{sha[:16]}` (CrabNet); `{other[:16]}` (HotCrab)" in page
+    row = row_of(parse_tables(text)["Test MAE"][0], "dataset", DATASET)
+    assert ("results from 2 versions of the data (different source files, rows or drops; data sha256 per model "
+            "on the dataset page)") in protocol_notes_of(text, row)

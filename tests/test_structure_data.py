@@ -8,6 +8,7 @@ runs read JSON); featurization cache tests use a temporary cache.
 
 from __future__ import annotations
 
+import hashlib
 import gzip
 import json
 import time
@@ -604,7 +605,13 @@ def test_matbench_structure_task_gets_its_structures_from_matbench_json_when_a_m
     by_id = dict(zip(ids, (stand_ins[k % len(stand_ins)] for k in range(len(ids)))))
     assert all(s == by_id[i] for i, s in zip(frame["id"], frame["structure"]))
     assert [s.test.tolist() for s in with_structures.splits] == [s.test.tolist() for s in plain.splits]
-    assert with_structures.notes["structure_file"] == str(cached) and with_structures.sha256 != plain.sha256
+    assert with_structures.notes["structure_file"] == str(cached)
+    # one data version for the rows every sweep of it reads (a composition model's runs from a sweep
+    # with a structure model and from one without name the same data); the structures' beside it,
+    # and in the features' cache key
+    assert with_structures.sha256 == plain.sha256
+    assert with_structures.notes["structures_sha256"] == hashlib.sha256(cached.read_bytes()).hexdigest()
+    assert with_structures.cache_key == f"{plain.cache_key}-{with_structures.notes['structures_sha256'][:16]}"
     (composition_only,) = load_datasets(SweepOptions(models=["ridge"], datasets=["matbench_jdft2d"],
                                                      workdir=tmp_path / "w"))
     assert "structure" not in composition_only.frame.columns

@@ -10,6 +10,7 @@ README's command line repeats them.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -17,6 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harness.data.structures import matbench_structure_path
 from harness.leaderboard.build import write_leaderboard
 from harness.tuning.tracking import default_tracking_uri
 from tests.test_leaderboard import _all_runs, approx_shown, number, parse_tables, plain, protocol_notes_of, row_of
@@ -96,6 +98,10 @@ def test_precision_is_recorded_and_in_the_reproduce_command(sweep) -> None:
     # the graph settings (--neighbours 8) likewise, and every run says which graphs it read
     assert "--neighbours 8" in command and "--graph-mode" not in command
     assert {r.data.tags["graph"] for r in sweep["runs"] if r.data.tags.get("stage")} == {"k-NN, k = 8"}
+    # and the version of the structure file beside the data's
+    structures = matbench_structure_path(DATASET)
+    assert {r.data.tags["structures_sha256"] for r in sweep["runs"] if r.data.tags.get("stage")} == {
+        hashlib.sha256(structures.read_bytes()).hexdigest()}
     (budget,) = parse_tables(sweep["page"].read_text())["Budget"]
     hardware = {plain(r["model"]): r["hardware"] for r in budget if plain(r["dataset"]) == DATASET}
     assert set(hardware) == set(MODELS.values())

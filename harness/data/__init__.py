@@ -11,6 +11,7 @@ Everything downstream (featurizers, trainers, tuning, leaderboards) receives a v
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -45,9 +46,18 @@ def load_dataset(name: str, *, drop_invalid: bool = False, with_structures: bool
     if spec.kind == "structure":
         return structures.load_structure_dataset(spec.name, drop_invalid=drop_invalid, cutoff=cutoff)
     dataset = matbench.load_matbench(spec.name, drop_invalid=drop_invalid)
-    if spec.name in WITH_STRUCTURES or (with_structures and spec.name in MATBENCH_STRUCTURE_TASKS):
-        # composition and structure models share its rows and folds
-        dataset = structures.attach_matbench_structures(dataset, drop_invalid=drop_invalid, cutoff=cutoff)
+    if spec.name in WITH_STRUCTURES:  # composition and structure models share its rows and folds
+        return structures.attach_matbench_structures(dataset, drop_invalid=drop_invalid, cutoff=cutoff)
+    if with_structures and spec.name in MATBENCH_STRUCTURE_TASKS:
+        attached = structures.attach_matbench_structures(dataset, drop_invalid=drop_invalid, cutoff=cutoff)
+        # Its structures are read only by sweeps with a structure model, so its data version stays
+        # that of the compositions every sweep reads (the structure file's is recorded beside it):
+        # CrabNet's runs from a sweep with CGCNN and from one without must name the same data. Rows
+        # dropped for their structures change the rows, hence the version.
+        if attached.dropped == dataset.dropped:  # the features still depend on the structures: cache_salt
+            salt = attached.notes["structures_sha256"][:16]
+            attached = replace(attached, sha256=dataset.sha256, notes={**attached.notes, "cache_salt": salt})
+        return attached
     return dataset
 
 

@@ -83,10 +83,13 @@ class Dataset:
 
     @property
     def cache_key(self) -> str:
-        """Identifies these exact rows: source sha256 plus any subsample."""
+        """Identifies these exact rows: source sha256 plus any subsample (and ``notes["cache_salt"]``:
+        an input the features depend on that ``sha256`` does not cover, e.g. structures attached to
+        a Matbench composition task)."""
+        key = self.sha256 + (f"-{self.notes['cache_salt']}" if self.notes.get("cache_salt") else "")
         if "subsample" in self.notes:
-            return f"{self.sha256}-sub{self.notes['subsample']}-seed{self.notes['subsample_seed']}"
-        return self.sha256
+            return f"{key}-sub{self.notes['subsample']}-seed{self.notes['subsample_seed']}"
+        return key
 
     @property
     def targets(self) -> np.ndarray:

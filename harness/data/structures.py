@@ -563,7 +563,7 @@ def attach_matbench_structures(ds: Dataset, *, drop_invalid: bool = False, cutof
 
     The frame, folds and name stay those of the composition dataset; rows whose structure is
     missing or invalid raise (or are dropped from the frame and every fold under ``drop_invalid``).
-    ``sha256`` then covers both sources.
+    ``sha256`` then covers both sources; ``notes["structures_sha256"]`` is the structure file's alone.
     """
     path = path or matbench_structure_path(ds.name, ds.notes.get("source_file"))
     raw, content = read_source(path)
@@ -587,7 +587,7 @@ def attach_matbench_structures(ds: Dataset, *, drop_invalid: bool = False, cutof
     frame = ds.frame.copy()
     frame["structure"] = structures
     sha = hashlib.sha256(f"{ds.sha256}+structures:{json_sha}".encode()).hexdigest()
-    notes = {**ds.notes, "structure_file": str(path)}
+    notes = {**ds.notes, "structure_file": str(path), "structures_sha256": json_sha}
     if bad:
         shown = "\n".join(f"  {path.name}, entry {k + 1 if k is not None else '-'} (id {m!r}): {p}"
                           for _, m, k, p in bad[:SHOWN])

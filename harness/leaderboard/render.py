@@ -380,6 +380,14 @@ def render_suite(t: SuiteTables, not_run: list[str], exports: list[tuple[str, st
 
 
 # ----------------------------------------------------------------------------- dataset page
+def _versions_text(info: dict) -> str:
+    """The data version (sha256, first 16 hex digits); several, each with its models, if the runs differ."""
+    versions = info.get("versions") or {}
+    if len(versions) <= 1:
+        return f"`{info['sha256'][:16] or 'n/a'}`"
+    return "; ".join(f"`{sha[:16]}` ({', '.join(labels)})" for sha, labels in versions.items())
+
+
 def render_dataset(t: SuiteTables, dataset: str, plots: dict[str, str | None], train_logged: bool) -> str:
     suite, info = t.data.suite, t.info[dataset]
     rows_text = info["rows"] or "n/a"
@@ -387,7 +395,7 @@ def render_dataset(t: SuiteTables, dataset: str, plots: dict[str, str | None], t
         rows_text += " (seeded subsample)"
     lines = [f"# {dataset} · `{suite}`", "", f"[← `{suite}` leaderboard](../{suite}.md)", "",
              f"Target: {info['target'] or 'n/a'} ({info['unit'] or 'no unit'}) · split: {info['split_scheme'] or 'n/a'} · "
-             f"rows used: {rows_text} · data sha256 `{info['sha256'][:16] or 'n/a'}`", ""]
+             f"rows used: {rows_text} · data sha256 {_versions_text(info)}", ""]
     if t.notes[dataset]:
         lines += ["Differs from the published protocol: " + "; ".join(t.notes[dataset]) + ".", ""]
     lines += ["## Results", "", "Best first: ranked models by rank, then the unranked (no number, or fewer folds), "

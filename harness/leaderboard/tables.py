@@ -481,14 +481,24 @@ def published_numbers(suite: str, datasets: list[str], reference: pd.DataFrame) 
 def _dataset_info(data: SuiteData, dataset: str) -> dict:
     rows = pd.concat([data.finals[data.finals["dataset"] == dataset], data.searches[data.searches["dataset"] == dataset]])
     pick = lambda col: next((v for v in rows[col] if v), "")  # noqa: E731
+    # each data version (sha256) the runs name, with the models that ran on it: more than one means
+    # the results of one row came from different files, rows or drops, which the pages must say
+    versions: dict[str, set[str]] = {}
+    for sha, label in zip(rows["data_sha256"], rows["model_label"]):
+        if sha:
+            versions.setdefault(sha, set()).add(label)
     return {"unit": pick("unit"), "target": pick("target"), "split_scheme": pick("split_scheme"),
             "rows": pick("data_rows"), "subsample": pick("subsample"), "sha256": pick("data_sha256"),
+            "versions": {sha: sorted(labels, key=str.lower) for sha, labels in sorted(versions.items())},
             "dropped": pick("data_dropped"), "input_kinds": sorted({k for k in rows["input_kind"] if k})}
 
 
 def protocol_notes(suite: str, dataset: str, info: dict, results: list[PairResult], published: pd.DataFrame) -> list[str]:
     """Where this run's protocol differs from the published one (and from the suite's)."""
     notes = []
+    if len(info.get("versions", {})) > 1:
+        notes.append(f"results from {len(info['versions'])} versions of the data (different source files, rows "
+                     f"or drops; data sha256 per model on the dataset page)")
     subs = sorted({r.subsample for r in results if r.subsample})
     if subs:
         notes.append(f"seeded random subsample of {', '.join(subs)} rows (published: all rows)")
