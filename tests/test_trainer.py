@@ -154,11 +154,18 @@ def test_batch_size_rule_is_capped_by_training_rows(data) -> None:
         ("lamb_lookahead", "cosine", "robust_l1"),
     ],
 )
-def test_recipes_run(data, optimizer: str, scheduler: str, loss: str) -> None:
+def test_every_recipe_lowers_the_training_loss_and_forms_its_swa_average(
+        data, optimizer: str, scheduler: str, loss: str) -> None:
     config = {"epochs": 2, "batch_size": 16, "optimizer": optimizer, "scheduler": scheduler, "loss": loss,
               "lr": 1e-3, "grad_clip": 1.0, "swa": True, "swa_start": 0.0}
     result = trainer(data, config).fit()
-    assert result.epochs_run == 2 and np.isfinite(result.best_val_mae)
+    assert result.epochs_run == 2
+    first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
+    assert last < first, f"{optimizer}/{scheduler}/{loss} did not train: loss {first:.4g} -> {last:.4g}"
+    # the SWA average of both epochs is formed and scored; the final model is it or the best epoch
+    assert np.isfinite(result.swa_val_mae)
+    best_epoch = min(h["val_mae"] for h in result.history)
+    assert result.best_val_mae == pytest.approx(result.swa_val_mae if result.used_swa else best_epoch)
 
 
 def test_onecycle_peaks_at_lr_after_30_percent_and_cycles_beta1(data) -> None:
