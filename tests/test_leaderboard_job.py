@@ -27,10 +27,11 @@ def _stages(result: subprocess.CompletedProcess) -> dict[str, list[str]]:
 
 def test_every_stage_names_registered_models_and_catalog_datasets(tmp_path):
     stages = _stages(_plan(tmp_path, SETS="small large"))
-    small = ["classical-extended", "fc-extended", "structure-light", "attention-extended", "classical-matbench",
-             "fc-matbench", "attention-matbench", "structure-heavy"]
-    assert list(stages) == small + [f"{s}-large" for s in small if s != "structure-light" and s != "structure-heavy"] \
+    small = ["classical-extended", "fc-extended", "structure-light", "attention-aflow-elastic", "classical-matbench",
+             "attention-extended", "fc-matbench", "attention-matbench", "structure-heavy"]
+    large = [f"{family}-{sets}-large" for sets in ("extended", "matbench") for family in ("classical", "fc", "attention")] \
         + ["structure-light-large", "structure-heavy-large"]
+    assert list(stages) == small + large
     for name, (state, models, datasets, _, _) in stages.items():
         assert state == "new"
         for model in models.split(","):
@@ -39,10 +40,14 @@ def test_every_stage_names_registered_models_and_catalog_datasets(tmp_path):
         assert all(s.task_type == "regression" for s in specs), name
         structure = name.startswith("structure")
         assert {get_model(m).input_kind in STRUCTURE_KINDS for m in models.split(",")} == {structure}, name
-    # the large sets are new datasets, not the small ones again (one store: no dataset x model twice)
-    for name in small:
-        if f"{name}-large" in stages:
-            assert not set(stages[name][2].split(",")) & set(stages[f"{name}-large"][2].split(","))
+    # one store: no (model, dataset) in two stages (the large sets are new datasets, not the small ones again)
+    pairs = [(m, d) for _, models, datasets, _, _ in stages.values()
+             for m in models.split(",") for d in datasets.split(",")]
+    assert len(pairs) == len(set(pairs))
+    # the attention models' two stages on the extended sets cover them once, the two aflow elastic sets first
+    first, rest = (set(stages[n][2].split(",")) for n in ("attention-aflow-elastic", "attention-extended"))
+    assert not first & rest and first | rest == set(stages["classical-extended"][2].split(","))
+    assert first == {"aflow__ael_bulk_modulus_vrh", "aflow__ael_shear_modulus_vrh"}
     # SVR's O(N^2) fit is kept off the 85k-342k row sets
     assert "svr" in stages["classical-extended"][1].split(",")
     assert "svr" not in stages["classical-extended-large"][1].split(",")
