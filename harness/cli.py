@@ -141,8 +141,12 @@ def data_fetch(
         where = fetch(datasets)
     except (KeyError, ValueError, OSError) as exc:
         _fail(str(exc))
-    for name, path in sorted(where.items()):
-        console.print(f"{name}: {path}")
+    by_source: dict[Path, list[str]] = {}  # crabnet28's 28 sets share one wheel: one line, not 28
+    for name, path in sorted(where.items(), key=lambda item: item[0].lower()):
+        by_source.setdefault(path, []).append(name)
+    for path, in_it in by_source.items():
+        console.print(f"{in_it[0]}: {path}" if len(in_it) == 1 else f"{len(in_it)} datasets ({', '.join(in_it)}): {path}",
+                      soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- models

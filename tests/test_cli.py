@@ -21,6 +21,9 @@ def test_data_list_shows_every_dataset_with_rows_and_units():
     # test holds on a fresh machine with an empty cache too.
     fetched = runner.invoke(app, ["data", "fetch", "crabnet28"])
     assert fetched.exit_code == 0, fetched.output
+    # one line per source file: the 28 sets are read from one wheel
+    (line,) = fetched.output.splitlines()
+    assert line.startswith("28 datasets (aflow__ael_bulk_modulus_vrh, ") and line.endswith("crabnet-2.0.8-py3-none-any.whl")
     result = runner.invoke(app, ["data", "list", "--suite", "crabnet28"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     lines = [l for l in result.output.splitlines() if "│ crabnet28 │" in l]
