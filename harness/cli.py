@@ -57,7 +57,8 @@ MlflowOpt = Annotated[
 
 
 def _fail(message: str) -> None:
-    err.print(f"[red]error:[/] {message}")
+    # soft_wrap: one line however long its paths are, so a log or `2>&1 | grep` keeps it whole
+    err.print(f"[red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(2)
 
 
