@@ -4,4 +4,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 . scripts/setup_env.sh
-python -m pytest -q "$@"
+# Two test files at a time (pytest-xdist; a file's tests stay on one worker, so its module-scoped
+# Ray cluster or MLflow store is built once): most of a Ray test is waiting on processes to start,
+# checkpoints and heartbeats, which a second file's tests fill. HARNESS_TEST_WORKERS=0 runs serially.
+python -m pytest -q -n "${HARNESS_TEST_WORKERS:-2}" --dist loadfile "$@"
