@@ -19,7 +19,6 @@ of RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -30,19 +29,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._results import publish  # noqa: E402
+from harness.leaderboard.coverage import KEY, measured_results  # noqa: E402
 
-KEY = ["suite", "dataset", "model"]
 BUDGET = ["max_epochs", "num_samples", "subsample"]
 SAME = 1e-9  # relative: a least-squares fit on another CPU's BLAS differs from ours in the 15th digit
 
 
 def measured(pages: Path) -> pd.DataFrame:
-    frames = [pd.read_csv(p, dtype={"dataset": str, "model": str, "subsample": str})
-              for p in sorted(pages.glob("*/results.csv"))]
-    if not frames:
-        raise SystemExit(f"{pages}: no <suite>/results.csv (generate pages with `harness leaderboard --out`)")
-    rows = pd.concat(frames, ignore_index=True)
-    rows = rows[(rows["kind"] == "measured") & rows["mae"].map(lambda v: math.isfinite(float(v)))]
+    rows = measured_results(pages)
+    if rows.empty:
+        raise SystemExit(f"{pages}: no measured result in <suite>/results.csv (pages of `harness leaderboard --out`)")
     return rows.fillna({"mae_std": 0.0, "subsample": "all rows"})
 
 

@@ -16,7 +16,8 @@ import pandas as pd
 KEY = ["suite", "dataset", "model"]
 
 
-def _measured(pages: Path) -> pd.DataFrame:
+def measured_results(pages: Path) -> pd.DataFrame:
+    """The measured rows (a finite test MAE) of every ``<suite>/results.csv`` under ``pages``."""
     frames = [pd.read_csv(path, dtype={"dataset": str, "model": str})
               for path in sorted(Path(pages).glob("*/results.csv"))]
     if not frames:
@@ -28,7 +29,7 @@ def _measured(pages: Path) -> pd.DataFrame:
 def missing_results(published: Path, new: Path) -> list[str]:
     """The published measured results that ``new`` lacks (or holds over fewer folds/seeds), as
     ``suite / dataset / model (why)``; empty when ``new`` covers ``published``."""
-    old, fresh = _measured(published), _measured(new).set_index(KEY)
+    old, fresh = measured_results(published), measured_results(new).set_index(KEY)
     missing = []
     for _, row in old.iterrows():
         key = tuple(row[k] for k in KEY)
