@@ -6,9 +6,9 @@ A defaults to the committed ``leaderboards/``, B to the pages of ``scripts/first
 (``$HARNESS_CACHE/leaderboard-runs/pages``). Both are read from their ``<suite>/results.csv``
 exports (every number of the tables). Compared: the measured (suite, dataset, model) cells that
 both hold over the same number of seeds/folds and from sweeps of the same budget (max epochs and
-trials per search). Per model: how many cells are identical (to 9 significant digits: BLAS kernels
-differ between CPUs in the last bits), the median and largest
-relative difference of the test MAE, and how many differences are within the two cells' seed/fold
+trials per search). Per model: how many cells are identical (to 9 significant digits: the linear
+models and SVR refitted on another CPU differed in the 15th), the median and largest relative
+difference of the test MAE, and how many differences are within the two cells' seed/fold
 standard deviations added together; per suite, in how many datasets the best model is the same.
 
 Why it matters: a leaderboard ranks models whose MAEs are often a few per cent apart; this says
@@ -32,7 +32,7 @@ from benchmarks._results import publish  # noqa: E402
 from harness.leaderboard.coverage import KEY, measured_results  # noqa: E402
 
 BUDGET = ["max_epochs", "num_samples", "subsample"]
-SAME = 1e-9  # relative: a least-squares fit on another CPU's BLAS differs from ours in the 15th digit
+SAME = 1e-9  # relative: Linear/Ridge/ElasticNet/SVR on an EPYC and a Xeon differed in the 15th digit
 
 
 def measured(pages: Path) -> pd.DataFrame:
