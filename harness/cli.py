@@ -286,14 +286,14 @@ def status(
     per sweep."""
     from harness.tuning.status import stage_counts, sweep_dirs, sweep_status, sweeps_summary, time_left_text
 
-    if not (workdir / "sweep.json").exists() and sweep_dirs(workdir):
-        n = len(sweep_dirs(workdir))
-        _print_frame(sweeps_summary(workdir), title=f"{n} sweep{'s' * (n != 1)} in {workdir}",
-                     caption=f"searches of one sweep: harness status {workdir}/<sweep>")
-        return
-    try:
+    try:  # OSError: a missing sweep.json (our message) or a path the OS refuses (e.g. a name too long)
+        if not (workdir / "sweep.json").exists() and sweep_dirs(workdir):
+            n = len(sweep_dirs(workdir))
+            _print_frame(sweeps_summary(workdir), title=f"{n} sweep{'s' * (n != 1)} in {workdir}",
+                         caption=f"searches of one sweep: harness status {workdir}/<sweep>")
+            return
         sweep, frame = sweep_status(workdir)
-    except FileNotFoundError as exc:
+    except OSError as exc:
         _fail(str(exc))
     caption = stage_counts(frame)
     if left := time_left_text(sweep, frame):

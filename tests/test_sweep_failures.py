@@ -122,6 +122,9 @@ def test_status_of_a_folder_of_sweeps_sums_each_sweep(failing_sweep, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(tmp_path / "not-a-sweep")],
                              capture_output=True, text=True, env=env, timeout=300)
     assert missing.returncode != 0 and "neither a sweep's --workdir nor a folder of them" in missing.stderr + missing.stdout
+    too_long = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(tmp_path / ("x" * 300))],
+                              capture_output=True, text=True, env=env, timeout=300)
+    assert too_long.returncode == 2 and "File name too long" in too_long.stderr and "Traceback" not in too_long.stderr
 
 
 def test_a_new_sweep_with_bad_data_leaves_the_earlier_sweep_of_its_workdir_resumable(failing_sweep, tmp_path):
