@@ -231,17 +231,16 @@ def learning_curves(tables: SuiteTables, dataset: str) -> bytes | None:
         for ax, (res, curves) in zip(axes, items):
             for k, (split, seed, h) in enumerate(curves):
                 color = f"C{k % 10}"
-                ax.plot(h["epoch"], h["train_mae"], color=color, lw=1.2, alpha=0.8,
-                        label=f"{split}/seed {seed} train")
-                ax.plot(h["epoch"], h["val_mae"], color=color, lw=1.2, ls="--", alpha=0.8,
-                        label=f"{split}/seed {seed} val")
+                # one legend entry per fit (its colour); the line style is in the panel title
+                ax.plot(h["epoch"], h["train_mae"], color=color, lw=1.2, alpha=0.8, label=f"{split}/seed {seed}")
+                ax.plot(h["epoch"], h["val_mae"], color=color, lw=1.2, ls="--", alpha=0.8, label="_nolegend_")
             _value_axis(ax, np.concatenate([h[k].to_numpy(float) for _, _, h in curves for k in ("train_mae", "val_mae")]))
             _panel_title(ax, res.label, "solid: train, dashed: val")
             _epoch_axis(ax, max(float(h["epoch"].max()) for _, _, h in curves))
             ax.set_xlabel("epoch")
             ax.set_ylabel(_axis_label(tables, dataset, "MAE"))
-            if len(curves) <= 4:
-                ax.legend(fontsize=7)
+            if len(curves) <= 10:  # beyond 10 the colours repeat and the legend would mislead
+                ax.legend(fontsize=6, ncol=2 if len(curves) > 5 else 1)
         fig.suptitle(f"{dataset}: learning curves of the final fits")
         return fig
 
