@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -210,6 +211,7 @@ def sweep(
     concurrent_searches: Annotated[Optional[int], typer.Option(help="Searches (model × dataset × split) run side by side; fills the slots a search's last trials leave idle. On the embedded Ray each gets an equal share of the trial slots (at most one search per slot); with --address as many as asked (an autoscaler adds nodes). Default 1; with --resume, the interrupted sweep's value unless given.")] = None,
     max_concurrent_trials: Annotated[Optional[int], typer.Option(help="Trials (and final fits) of one search at once (default: as many as the CPUs/GPUs fit; on the embedded Ray divided among --concurrent-searches).")] = None,
     reuse_actors: Annotated[bool, typer.Option(help="Reuse trial worker processes across trials (for many short trials).")] = False,
+    keep_trial_checkpoints: Annotated[bool, typer.Option(help="Keep the trials' Tune checkpoints after each search has chosen its configuration (by default they are deleted then: ~270 MB each for CrabNet-size models, and nothing reads them; the final fits train from scratch).")] = False,
     num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of this machine the embedded Ray may use (default: all); leaves the rest free for other work. Ignored with --address.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted sweep in this workdir: same Ray experiments, Optuna studies and MLflow runs.")] = None,
 ) -> None:
@@ -261,6 +263,7 @@ def sweep(
             graph_k=neighbours, graph_mode=graph_mode, graph_cutoff=cutoff,
             storage=storage, max_failures=max_failures, concurrent_searches=concurrent_searches or 1,
             max_concurrent_trials=max_concurrent_trials, reuse_actors=reuse_actors, num_cpus=num_cpus,
+            keep_trial_checkpoints=keep_trial_checkpoints,
         )
         _run_or_report_interrupt(run_sweep, opts)
     except (KeyError, ValueError, DataError, SearchSpaceError, FileNotFoundError) as exc:
@@ -284,13 +287,16 @@ def status(
 
     Given a folder of sweep workdirs (e.g. the stages of scripts/first_leaderboard.sh): one row
     per sweep."""
-    from harness.tuning.status import stage_counts, sweep_dirs, sweep_status, sweeps_summary, time_left_text
+    from harness.tuning.status import (disk_text, stage_counts, sweep_dirs, sweep_status, sweeps_summary,
+                                       time_left_text)
 
     try:  # OSError: a missing sweep.json (our message) or a path the OS refuses (e.g. a name too long)
         if not (workdir / "sweep.json").exists() and sweep_dirs(workdir):
             n = len(sweep_dirs(workdir))
+            free = shutil.disk_usage(workdir).free / 1e9
             _print_frame(sweeps_summary(workdir), title=f"{n} sweep{'s' * (n != 1)} in {workdir}",
-                         caption=f"searches of one sweep: harness status {workdir}/<sweep>")
+                         caption=f"disk_gb: what each workdir holds ({free:.3g} GB free on the disk)\n"
+                                 f"searches of one sweep: harness status {workdir}/<sweep>")
             return
         sweep, frame = sweep_status(workdir)
     except OSError as exc:
@@ -298,6 +304,7 @@ def status(
     caption = stage_counts(frame)
     if left := time_left_text(sweep, frame):
         caption += "\n" + left
+    caption += "\n" + disk_text(workdir)
     _print_frame(frame, title=f"sweep {sweep['sweep_id']} · {sweep['tracking_uri']}", caption=caption)
 
 

@@ -146,3 +146,16 @@ def test_cli_leaderboard_writes_beside_the_sweep_and_leaves_the_committed_pages_
     assert float(_results_row(page.read_text())["CrabNet"].split("±")[0]) == pytest.approx(mean, rel=5e-4)
     assert (sweep["workdir"] / "leaderboards" / "README.md").is_file()
     assert {p: p.read_bytes() for p in (REPO_ROOT / "leaderboards").glob("*.md")} == committed
+
+
+def test_a_decided_search_leaves_its_trial_results_but_no_checkpoints(sweep):
+    # Tune keeps each finished trial's last checkpoints for ever (~270 MB each for CrabNet-size
+    # models): a long sweep filled a 250 GB disk. The sweep deletes them once the search is decided.
+    experiments = list((sweep["workdir"] / "ray_results").iterdir())
+    assert len(experiments) == 1
+    trials = [d for d in experiments[0].iterdir() if d.is_dir()]
+    assert len(trials) == TRIALS
+    assert all((t / "result.json").stat().st_size > 0 for t in trials)
+    assert list(experiments[0].rglob("checkpoint_*")) == []
+    deleted = re.search(r"deleted (\d+) trial checkpoint folder\(s\), ([\d.]+) GB", sweep["log"])
+    assert deleted and int(deleted.group(1)) >= TRIALS and float(deleted.group(2)) > 0

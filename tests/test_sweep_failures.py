@@ -108,7 +108,7 @@ def test_status_of_a_folder_of_sweeps_sums_each_sweep(failing_sweep, tmp_path):
             if line.startswith("│")]
     assert len(rows) == 2 and "2 sweeps in" in result.stdout
     # sweep, sweep_id, searches, done, pending, in_progress, running, completed, pruned, failed, lost, final fits,
-    # hours, hours_left
+    # hours, hours_left, disk_gb
     o = outcomes[0]
     assert rows[0][0] == "stage-a" and rows[0][2:6] == ["1", "1", "0", "0"]
     assert rows[0][6:12] == ["0", str(o.completed), str(o.pruned), str(o.failed), "0", "1/1"]
@@ -119,6 +119,9 @@ def test_status_of_a_folder_of_sweeps_sums_each_sweep(failing_sweep, tmp_path):
     seconds = sum(r.data.metrics.get("trial_seconds", 0.0) + r.data.metrics.get("fit_seconds", 0.0) for r in runs)
     assert seconds > 0 and float(rows[0][12]) == pytest.approx(seconds / 3600, rel=1e-3)
     assert rows[0][13] == rows[1][13] == "0"
+    # disk_gb: the bytes under each workdir (stage-b was copied without its Ray results)
+    on_disk = sum(p.stat().st_size for p in workdir.rglob("*") if p.is_file() and not p.is_symlink())
+    assert float(rows[0][14]) == pytest.approx(on_disk / 1e9, abs=6e-4) and "GB free on the disk" in result.stdout
     missing = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(tmp_path / "not-a-sweep")],
                              capture_output=True, text=True, env=env, timeout=300)
     assert missing.returncode != 0 and "neither a sweep's --workdir nor a folder of them" in missing.stderr + missing.stdout

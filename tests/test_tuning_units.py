@@ -407,3 +407,24 @@ def test_time_left_is_each_models_cost_per_row_of_finished_searches_less_what_is
     assert math.isnan(hours_left(frame[frame["stage"] != "done"])[0])
     assert time_left_text(local, frame[frame["stage"] != "done"]) == ""
     assert time_left_text(local, frame[frame["stage"] == "done"]) == ""
+
+
+def test_decided_search_checkpoints_are_deleted_in_every_experiment_of_the_search(tmp_path):
+    from harness.tuning.sweep import SweepOptions, _drop_trial_checkpoints
+
+    root = tmp_path / "ray_results"
+    for experiment in ("s1", "s1--rerun1", "s10"):  # s10: another search whose name starts alike
+        for trial in ("t0", "t1"):
+            for folder in ("checkpoint_000001", "checkpoint_000003"):
+                (root / experiment / trial / folder).mkdir(parents=True)
+                (root / experiment / trial / folder / "trainer.pt").write_bytes(b"x" * 1000)
+            (root / experiment / trial / "result.json").write_text("{}\n")
+    opts = SweepOptions(models=["dummy"], datasets=["d"], workdir=tmp_path)
+    freed = _drop_trial_checkpoints(opts, tmp_path, "s1", {"memory_reruns": 1}, "s1")
+    assert freed == 8 * 1000
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("checkpoint_*")) == [
+        f"s10/{t}/{c}" for t in ("t0", "t1") for c in ("checkpoint_000001", "checkpoint_000003")]
+    assert len(list(root.rglob("result.json"))) == 6
+    kept = SweepOptions(models=["dummy"], datasets=["d"], workdir=tmp_path, keep_trial_checkpoints=True)
+    assert _drop_trial_checkpoints(kept, tmp_path, "s10", {}, "s10") == 0
+    assert len(list(root.rglob("checkpoint_*"))) == 4

@@ -87,6 +87,7 @@ class SweepOptions:
     concurrent_searches: int = 1  # searches (model x dataset x split) running side by side
     max_concurrent_trials: int | None = None  # per search; None = as many as the cluster fits
     reuse_actors: bool = False  # reuse trial worker processes (many short trials)
+    keep_trial_checkpoints: bool = False  # keep each trial's Tune checkpoints after its search is decided
     num_cpus: int | None = None  # CPUs the embedded Ray may use (None = all); ignored with address
 
     def __post_init__(self) -> None:
@@ -575,6 +576,7 @@ def _search_and_evaluate(
     state = _load_state(workdir, search_name)
     if state.get("stage") == "done":
         console.print(f"{label}: done in an earlier run of this sweep; skipped")
+        _drop_trial_checkpoints(opts, workdir, search_name, state, label)  # left by earlier versions
         return _outcome_from_store(client, state, outcome)
     if "parent_run_id" not in state:
         parent = client.create_run(
@@ -657,6 +659,7 @@ def _search_and_evaluate(
             state["trials"][k] for k in ("completed", "pruned", "failed")
         )
     outcome.best_val_mae = state["best_val_mae"]
+    _drop_trial_checkpoints(opts, workdir, search_name, state, label)
     if _STOP.is_set():
         raise SweepInterrupted(f"{label}: interrupted before its final fits; the search is saved. "
                                f"Continue with: harness sweep --resume {workdir}")
@@ -783,6 +786,52 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
         ),
     )
     return _fit_surviving_memory_kills(tuner, restored, opts, label, workdir)
+
+
+def _drop_trial_checkpoints(opts, workdir: Path, search_name: str, state: dict[str, Any], label: str) -> int:
+    """Delete the ``checkpoint_*`` folders of a decided search's trials; the bytes freed.
+
+    Tune keeps ``num_to_keep`` checkpoints per trial, not per sweep, and never deletes those of
+    finished trials: a CrabNet-size checkpoint is ~270 MB, so a 24-search stage held 20 GB and a
+    long sweep filled a 250 GB disk. Once a search has its best configuration (stage "searched")
+    nothing reads them: the final fits train from scratch with K seeds, and the pages read MLflow
+    only. The trials' results (``result.json``, ``progress.csv``) stay. ``--keep-trial-checkpoints``
+    keeps them (e.g. to look at the trials' weights).
+    """
+    if opts.keep_trial_checkpoints:
+        return 0
+    storage_root = opts.storage or str(workdir / "ray_results")
+    names = [search_name] + [f"{search_name}--rerun{n}" for n in range(1, state.get("memory_reruns", 0) + 1)]
+    freed = folders = 0
+    for name in names:
+        freed_here, folders_here = _delete_checkpoint_folders(f"{storage_root.rstrip('/')}/{name}")
+        freed, folders = freed + freed_here, folders + folders_here
+    if folders:
+        console.print(f"{label}: deleted {folders} trial checkpoint folder(s), {freed / 1e9:.2f} GB "
+                      "(the final fits train from scratch; --keep-trial-checkpoints keeps them)", highlight=False)
+    return freed
+
+
+def _delete_checkpoint_folders(experiment: str) -> tuple[int, int]:
+    """(bytes, folders) of the ``<trial>/checkpoint_*`` folders deleted under one Tune experiment,
+    local or on the shared storage Ray writes to (pyarrow's filesystems, as Ray's own storage)."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(experiment) if "://" in experiment else (pafs.LocalFileSystem(), experiment)
+    def listing(path: str, recursive: bool = False):
+        return fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+
+    freed = folders = 0
+    for trial in listing(root):
+        if trial.type != pafs.FileType.Directory:
+            continue
+        for entry in listing(trial.path):
+            if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
+                freed += sum(f.size or 0 for f in listing(entry.path, recursive=True)
+                             if f.type == pafs.FileType.File)
+                fs.delete_dir(entry.path)
+                folders += 1
+    return freed, folders
 
 
 def _fit_surviving_memory_kills(tuner, restored, opts, label: str, workdir: Path) -> tuple[Any, bool]:
