@@ -214,6 +214,7 @@ def sweep(
     keep_trial_checkpoints: Annotated[bool, typer.Option(help="Keep the trials' Tune checkpoints after each search has chosen its configuration (by default they are deleted then: ~270 MB each for CrabNet-size models, and nothing reads them; the final fits train from scratch).")] = False,
     num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of this machine the embedded Ray may use (default: all); leaves the rest free for other work. Ignored with --address.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted sweep in this workdir: same Ray experiments, Optuna studies and MLflow runs.")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="With --resume: run again the finished searches that gave no test MAE (none of their trials completed, or their final fits failed), e.g. after a full disk or a fixed search space. Their failed runs stay in MLflow.")] = False,
 ) -> None:
     """Search hyperparameters, retrain the best with K seeds, score it on the test split.
 
@@ -239,8 +240,11 @@ def sweep(
         saved.address, saved.mlflow_uri = address or saved.address, mlflow_uri or saved.mlflow_uri
         saved.num_cpus = num_cpus or saved.num_cpus
         saved.concurrent_searches = concurrent_searches or saved.concurrent_searches
+        saved.retry_failed_searches = retry_failed
         _run_or_report_interrupt(run_sweep, saved, resume=True)
         return
+    if retry_failed:
+        _fail("--retry-failed goes with --resume WORKDIR (it runs again that sweep's failed searches)")
     if not models:
         _fail("give --models (see `harness models list`) or --resume WORKDIR")
     if sampler not in SAMPLERS:

@@ -7,6 +7,7 @@
 #   bash scripts/first_leaderboard.sh            # start, or continue where it stopped
 #   STAGES="classical fc" bash scripts/first_leaderboard.sh   # only some stages
 #   PLAN_ONLY=1 bash scripts/first_leaderboard.sh                # list the stages and their state; run nothing
+#   RETRY_FAILED=1 bash scripts/first_leaderboard.sh  # also rerun the searches that gave no test MAE (see below)
 #   SETS=large GPUS_PER_TRIAL=0.25 bash scripts/first_leaderboard.sh   # on GPUs: the larger sets too
 #
 # Long: on a 2-core CPU the whole job is days (attention models and ALIGNN/Crysformer dominate);
@@ -126,6 +127,11 @@ for size in $SETS; do
 done
 STAGES=${STAGES:-"classical fc structure-light attention structure-heavy"}
 DONE_FILE=stage-done
+# RETRY_FAILED=1: in every selected stage, finished ones too, run again the searches that gave no
+# test MAE (every trial failed, e.g. on a full disk, or their final fits did): `--resume --retry-failed`.
+# Failed runs stay in MLflow. E.g. STAGES=attention-extended RETRY_FAILED=1 bash scripts/first_leaderboard.sh
+RETRY=()
+[ "${RETRY_FAILED:-0}" = 1 ] && RETRY=(--retry-failed)
 
 wanted() {  # is stage $1 selected by a word of $STAGES (a prefix: "fc" selects fc-extended and fc-matbench)?
   local word
@@ -154,14 +160,14 @@ for entry in "${SELECTED[@]}"; do
   # A stage whose sweep finished and whose pages were written is not resumed again on the next
   # start (resuming a finished sweep and rewriting its pages took 1-3 min per stage, each restart).
   # Delete the file to run the stage's `--resume` once more.
-  if [ -f "$workdir/$DONE_FILE" ]; then
+  if [ -f "$workdir/$DONE_FILE" ] && [ ${#RETRY[@]} = 0 ]; then
     echo "== stage $name: finished $(cat "$workdir/$DONE_FILE"); skipped (rm $workdir/$DONE_FILE to resume it)"
     continue
   fi
   echo "== $(date '+%F %T') stage $name: $models on $datasets"
   if [ -f "$workdir/sweep.json" ]; then
     # shellcheck disable=SC2086
-    harness sweep --resume "$workdir" --mlflow-uri "$MLFLOW_URI" "${CPU_OPTION[@]}"
+    harness sweep --resume "$workdir" --mlflow-uri "$MLFLOW_URI" "${CPU_OPTION[@]}" "${RETRY[@]}"
   else
     # shellcheck disable=SC2086
     harness sweep --models "$models" --datasets "$datasets" --workdir "$workdir" --mlflow-uri "$MLFLOW_URI" \

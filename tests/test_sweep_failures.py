@@ -144,3 +144,45 @@ def test_a_new_sweep_with_bad_data_leaves_the_earlier_sweep_of_its_workdir_resum
     assert result.returncode != 0 and "data row 2: unknown element 'Xyz'" in out
     # the earlier sweep is still the one `--resume` continues
     assert {name: (copy / name).read_bytes() for name in before} == before
+
+
+def test_retry_failed_searches_again_under_the_same_parent_run(tmp_path):
+    # Every trial fails (a search space that diverges, as a full disk once failed every trial of
+    # a search); once the cause is gone, --resume --retry-failed searches again and evaluates.
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    (spaces / "crabnet.yaml").write_text(SPACE.replace("1.0e-3, 1.0e+30", "1.0e+30, 2.0e+30"))
+    workdir = tmp_path / "w"
+    outcomes = run_sweep(SweepOptions(
+        models=["crabnet"], datasets=["steels_yield"], folds=[0], num_samples=2, max_epochs=2,
+        final_seeds=1, workdir=workdir, subsample=120, sampler="random", seed=0, space_dir=spaces, grace_period=2,
+    ))
+    assert outcomes[0].failed == 2 and outcomes[0].test_mae == [] and "no trial completed" in outcomes[0].note
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    resume = [sys.executable, "-m", "harness.cli", "sweep", "--resume", str(workdir)]
+    again = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "done in an earlier run of this sweep; skipped" in again.stdout + again.stderr
+
+    (spaces / "crabnet.yaml").write_text(SPACE.replace("1.0e-3, 1.0e+30", "1.0e-3, 2.0e-3"))
+    retried = subprocess.run(resume + ["--retry-failed"], capture_output=True, text=True, env=env, timeout=600)
+    out = retried.stdout + retried.stderr
+    assert retried.returncode == 0, out
+    assert "--retry-failed: no trial completed; nothing to evaluate; searching again" in " ".join(out.split())
+    client = MlflowClient(default_tracking_uri(workdir))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
+    parent = [r for r in runs if r.data.tags.get("stage") == "search"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED" and "final_status" not in parent[0].data.tags
+    trials = [r for r in runs if r.data.tags.get("stage") == "trial"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in trials)
+    by_lr = sorted((float(r.data.params["train_params.lr"]) > 1, r.info.status) for r in trials)
+    assert by_lr == [(False, "FINISHED")] * 2 + [(True, "FAILED")] * 2  # the failed ones stay, as failed
+    finals = [r for r in runs if r.data.tags.get("stage") == "final"]
+    assert len(finals) == 1 and finals[0].info.status == "FINISHED" and finals[0].data.metrics["test_mae"] > 0
+    state = json.loads(next((workdir / "searches").glob("*.json")).read_text())
+    assert state["stage"] == "done" and state["retries"] == 1
+    assert sorted(p.name.rsplit("__", 1)[-1] for p in (workdir / "ray_results").iterdir()) == ["fold0", "fold0--rerun1"]
+    storage = f"sqlite:///{workdir / 'optuna.db'}"  # a new study: Optuna refuses a changed categorical
+    studies = {name.rsplit("__", 1)[-1]: optuna.load_study(study_name=name, storage=storage)
+               for name in optuna.get_all_study_names(storage)}
+    assert {k: sorted(t.state.name for t in v.trials) for k, v in studies.items()} == {
+        "fold0": ["FAIL", "FAIL"], "fold0--retry1": ["COMPLETE", "COMPLETE"]}

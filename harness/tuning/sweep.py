@@ -88,6 +88,7 @@ class SweepOptions:
     max_concurrent_trials: int | None = None  # per search; None = as many as the cluster fits
     reuse_actors: bool = False  # reuse trial worker processes (many short trials)
     keep_trial_checkpoints: bool = False  # keep each trial's Tune checkpoints after its search is decided
+    retry_failed_searches: bool = False  # --resume: run again the finished searches that gave no test MAE
     num_cpus: int | None = None  # CPUs the embedded Ray may use (None = all); ignored with address
 
     def __post_init__(self) -> None:
@@ -321,10 +322,13 @@ def run_sweep(opts: SweepOptions, resume: bool = False) -> list[SearchOutcome]:
     workdir = Path(opts.workdir).resolve()
     if resume:
         saved_opts, sweep_id = load_sweep(workdir)
-        # The plan is the saved one; only where it runs may change (cluster, store, storage).
+        # The plan is the saved one; only where and how it runs may change (cluster, store, CPUs,
+        # searches side by side, retrying failed searches).
         opts = _replace_opts(saved_opts, workdir=workdir, address=opts.address or saved_opts.address,
                              mlflow_uri=opts.mlflow_uri or saved_opts.mlflow_uri,
-                             num_cpus=opts.num_cpus or saved_opts.num_cpus)
+                             num_cpus=opts.num_cpus or saved_opts.num_cpus,
+                             concurrent_searches=opts.concurrent_searches,
+                             retry_failed_searches=opts.retry_failed_searches)
     else:
         # A workdir may hold several sweeps (one MLflow store); sweep.json names the latest,
         # which is the one --resume continues.
@@ -574,7 +578,8 @@ def _search_and_evaluate(
     client = MlflowClient(tracking_uri)
     tags = _base_tags(opts, sweep_id, dataset, model, split)
     state = _load_state(workdir, search_name)
-    if state.get("stage") == "done":
+    if state.get("stage") == "done" and not (
+            opts.retry_failed_searches and _reopen_failed_search(client, workdir, search_name, state, label)):
         console.print(f"{label}: done in an earlier run of this sweep; skipped")
         _drop_trial_checkpoints(opts, workdir, search_name, state, label)  # left by earlier versions
         return _outcome_from_store(client, state, outcome)
@@ -616,7 +621,7 @@ def _search_and_evaluate(
             opts, workdir, search_name) else trainable_name(search_name, model))
         _save_state(workdir, search_name, state)
         results, signalled = _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label,
-                                         parent_run_id, tags, model, context, name, _tune_name(search_name, state))
+                                         parent_run_id, tags, model, context, name, state)
         if signalled or _STOP.is_set() or _interrupted(results, opts.num_samples):
             # Tune catches SIGINT, saves the experiment and returns normally: the search must stay
             # "searching" (not be judged on the trials so far) so that --resume finishes it.
@@ -691,9 +696,22 @@ def _search_trainable(context, name: str, resources: dict[str, float]):
 
 
 def _tune_name(search_name: str, state: dict[str, Any]) -> str:
-    """The search's Tune experiment: a new one for each time every trial was killed for memory."""
-    reruns = state.get("memory_reruns", 0)
+    """The search's Tune experiment: a new one for each time every trial was killed for memory
+    and for each --retry-failed of a search none of whose trials completed."""
+    reruns = _reruns(state)
     return f"{search_name}--rerun{reruns}" if reruns else search_name
+
+
+def _study_name(search_name: str, state: dict[str, Any]) -> str:
+    """The search's Optuna study. A search retried with --retry-failed gets a new one: its
+    search space may have been fixed since, and Optuna refuses a changed categorical in a
+    study (the failed trials stay in the earlier study, and in MLflow)."""
+    retries = state.get("retries", 0)
+    return f"{search_name}--retry{retries}" if retries else search_name
+
+
+def _reruns(state: dict[str, Any]) -> int:
+    return state.get("memory_reruns", 0) + state.get("retries", 0)
 
 
 def _killed_for_memory(error) -> bool:
@@ -713,8 +731,42 @@ def _first_line(error) -> str:
     return (memory or lines or [type(error).__name__])[0][:300]
 
 
+def _reopen_failed_search(client, workdir: Path, search_name: str, state: dict[str, Any], label: str) -> bool:
+    """``--retry-failed``: put a finished search that gave no test MAE back to work; whether it was one.
+
+    For failures that were not the configuration's: a full disk, a node lost for good, a search
+    space or a model fixed since. A search none of whose trials completed searches again, as a
+    new Tune experiment (``--rerunN``) and Optuna study (``--retryN``) under the same MLflow
+    parent run; its failed trial runs stay, as failed. A search whose final
+    fits failed refits them into the same final runs. A search with its test MAE is left alone.
+    """
+    missing = [run_id for run_id in state.get("final_runs", {}).values()
+               if "test_mae" not in client.get_run(run_id).data.metrics]
+    if state.get("note"):  # "no trial completed; nothing to evaluate"
+        why = f"{state.pop('note')}; searching again"
+        state["retries"] = state.get("retries", 0) + 1
+        state["stage"] = "searching"
+    elif missing:
+        why = f"{len(missing)} final fit(s) without a test MAE; fitting them again"
+        for run_id in missing:
+            _reopen_run(client, run_id, "error")
+        state["stage"] = "searched"
+    else:
+        return False
+    _reopen_run(client, state["parent_run_id"], "final_status")
+    _save_state(workdir, search_name, state)
+    console.print(f"[yellow]{label}: --retry-failed: {why}[/]", highlight=False)
+    return True
+
+
+def _reopen_run(client, run_id: str, stale_tag: str) -> None:
+    client.update_run(run_id, status="RUNNING")
+    if stale_tag in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, stale_tag)
+
+
 def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, parent_run_id,
-                tags, model, context, registered_name, tune_name):
+                tags, model, context, registered_name, state):
     """Fit (or, if its experiment directory exists, restore and finish) one Tune search:
     (results, whether a Ctrl+C came during it)."""
     from ray import tune
@@ -724,6 +776,7 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
     from harness.tuning.restored_search import ReconciledSearchGenerator
 
     spec = get_model(model)
+    tune_name = _tune_name(search_name, state)
     storage_root = opts.storage or str(workdir / "ray_results")
     experiment_path = _experiment_path(opts, workdir, tune_name)
     trainable = _search_trainable(context, registered_name,
@@ -742,7 +795,7 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
     searcher = TruthfulOptunaSearch(
         sampler=make_sampler(opts.sampler, opts.seed),
         storage=_optuna_storage(workdir),
-        study_name=search_name,
+        study_name=_study_name(search_name, state),
         seed=opts.seed,
     )
     scheduler = ASHAScheduler(
@@ -801,7 +854,7 @@ def _drop_trial_checkpoints(opts, workdir: Path, search_name: str, state: dict[s
     if opts.keep_trial_checkpoints:
         return 0
     storage_root = opts.storage or str(workdir / "ray_results")
-    names = [search_name] + [f"{search_name}--rerun{n}" for n in range(1, state.get("memory_reruns", 0) + 1)]
+    names = [search_name] + [f"{search_name}--rerun{n}" for n in range(1, _reruns(state) + 1)]
     freed = folders = 0
     for name in names:
         freed_here, folders_here = _delete_checkpoint_folders(f"{storage_root.rstrip('/')}/{name}")
