@@ -174,8 +174,11 @@ def test_retry_failed_searches_again_under_the_same_parent_run(tmp_path):
     assert len(parent) == 1 and parent[0].info.status == "FINISHED" and "final_status" not in parent[0].data.tags
     trials = [r for r in runs if r.data.tags.get("stage") == "trial"]
     assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in trials)
-    by_lr = sorted((float(r.data.params["train_params.lr"]) > 1, r.info.status) for r in trials)
-    assert by_lr == [(False, "FINISHED")] * 2 + [(True, "FAILED")] * 2  # the failed ones stay, as failed
+    by_lr = sorted((float(r.data.params["train_params.lr"]) > 1, r.info.status, r.data.tags["trial_state"])
+                   for r in trials)
+    # the failed ones stay, as failed (not as "lost": they were not the retried experiment's trials)
+    assert by_lr == [(False, "FINISHED", "completed")] * 2 + [(True, "FAILED", "failed")] * 2
+    assert all("FloatingPointError" in r.data.tags["error"] for r in trials if r.info.status == "FAILED")
     finals = [r for r in runs if r.data.tags.get("stage") == "final"]
     assert len(finals) == 1 and finals[0].info.status == "FINISHED" and finals[0].data.metrics["test_mae"] > 0
     state = json.loads(next((workdir / "searches").glob("*.json")).read_text())

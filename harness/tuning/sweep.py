@@ -744,6 +744,10 @@ def _reopen_failed_search(client, workdir: Path, search_name: str, state: dict[s
                if "test_mae" not in client.get_run(run_id).data.metrics]
     if state.get("note"):  # "no trial completed; nothing to evaluate"
         why = f"{state.pop('note')}; searching again"
+        parent = client.get_run(state["parent_run_id"])
+        earlier = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
+                                     "and tags.stage = 'trial'", max_results=10000)
+        state["kept_trial_runs"] = sorted({*state.get("kept_trial_runs", []), *(r.info.run_id for r in earlier)})
         state["retries"] = state.get("retries", 0) + 1
         state["stage"] = "searching"
     elif missing:
@@ -808,7 +812,7 @@ def _run_search(opts, workdir, tracking_uri, experiment_id, search_name, label, 
     mapping_file.parent.mkdir(exist_ok=True)
     logger = tracking.TrialRunLogger(
         tracking_uri, experiment_id, parent_run_id, tags, mapping_file=mapping_file,
-        finished_key=FINISHED_KEY, error_key=ERROR_KEY,
+        finished_key=FINISHED_KEY, error_key=ERROR_KEY, kept_runs=state.get("kept_trial_runs", ()),
     )
     tuner = tune.Tuner(
         trainable,

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ class TrialRunLogger(tune.Callback):
         mapping_file: Path,
         finished_key: str,
         error_key: str = "trial_error",
+        kept_runs: Iterable[str] = (),
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -106,6 +108,9 @@ class TrialRunLogger(tune.Callback):
         self.finished_key = finished_key
         self.error_key = error_key
         self._load_state()
+        # Trial runs of a search's experiments before a --retry-failed: they keep what they
+        # recorded (see on_experiment_end).
+        self.kept_runs = frozenset(kept_runs)
 
     def _load_state(self) -> None:
         self.runs: dict[str, str] = (
@@ -130,6 +135,7 @@ class TrialRunLogger(tune.Callback):
         # Tuner.restore brings back the callback as it was pickled when the sweep started;
         # the trial -> run mapping on disk is the current truth.
         self.__dict__.update(state)
+        self.__dict__.setdefault("kept_runs", frozenset())  # pickled before the attribute existed
         self._load_state()
 
     def _save_mapping(self) -> None:
@@ -241,6 +247,11 @@ class TrialRunLogger(tune.Callback):
         recorded, status and metrics, but the run is tagged ``lost`` too: the search that resumed
         does not count it, so it is not one of the search's trials.
 
+        The ``kept_runs``, trials of the experiments before a --retry-failed, keep what they
+        recorded (failed trials stay failed: they ran, and failed); one still RUNNING is closed
+        as lost. (The runs of an experiment every trial of which was killed for memory are
+        tagged lost: the node's trouble, not the search's trials.)
+
         The runs are read from MLflow (this search's trial runs), not only from the trial -> run
         mapping: a driver killed between creating a trial's run and saving the mapping leaves a
         run the mapping does not name, and the trial, if restored, gets a second one.
@@ -248,7 +259,7 @@ class TrialRunLogger(tune.Callback):
         current = {t.trial_id: self.runs.get(t.trial_id) for t in trials}
         for run in self._trial_runs():
             run_id, trial_id = run.info.run_id, run.data.tags.get("trial_id")
-            if current.get(trial_id) == run_id:
+            if current.get(trial_id) == run_id or (run_id in self.kept_runs and run.info.status != "RUNNING"):
                 continue
             if run.info.status == "RUNNING":
                 self._closed[trial_id] = True
