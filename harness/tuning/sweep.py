@@ -849,7 +849,7 @@ def _drop_trial_checkpoints(opts, workdir: Path, search_name: str, state: dict[s
     """Delete the ``checkpoint_*`` folders of a decided search's trials; the bytes freed.
 
     Tune keeps ``num_to_keep`` checkpoints per trial, not per sweep, and never deletes those of
-    finished trials: a CrabNet-size checkpoint is ~270 MB, so a 24-search stage held 20 GB and a
+    finished trials: a checkpoint folder of an attention model is 0.2–0.45 GB, so a 24-search stage held 20 GB and a
     long sweep filled a 250 GB disk. Once a search has its best configuration (stage "searched")
     nothing reads them: the final fits train from scratch with K seeds, and the pages read MLflow
     only. The trials' results (``result.json``, ``progress.csv``) stay. ``--keep-trial-checkpoints``
