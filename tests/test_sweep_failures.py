@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -189,3 +191,81 @@ def test_retry_failed_searches_again_under_the_same_parent_run(tmp_path):
                for name in optuna.get_all_study_names(storage)}
     assert {k: sorted(t.state.name for t in v.trials) for k, v in studies.items()} == {
         "fold0": ["FAIL", "FAIL"], "fold0--retry1": ["COMPLETE", "COMPLETE"]}
+
+
+def _final_fit_workers(proc: subprocess.Popen) -> list:
+    """The Ray worker processes of ``proc``'s embedded cluster now running a final fit."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if "ray::final_task" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # ended meanwhile
+            pass
+    return found
+
+
+def test_retry_failed_refits_a_final_fit_whose_worker_died_into_the_same_run(tmp_path):
+    # A final fit's worker process is killed (as the kernel's OOM killer or a lost node would),
+    # with no task retries: that fit fails, the other seed's fit and the sweep go on. Plain
+    # --resume leaves the finished search alone; --resume --retry-failed refits only the failed
+    # seed, into the same MLflow run, without searching again.
+    workdir = tmp_path / "w"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("COLUMNS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "sweep", "--models", "crabnet", "--datasets", "steels_yield",
+         "--folds", "0", "--num-samples", "1", "--max-epochs", "8", "--grace-period", "8", "--final-seeds", "2",
+         "--workdir", str(workdir), "--num-cpus", "1", "--seed", "0", "--max-failures", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    lines: list[str] = []
+    killed = None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "final fits with seeds" in line:
+                deadline = time.time() + 120
+                while killed is None and time.time() < deadline:
+                    workers = _final_fit_workers(proc)
+                    if workers:
+                        killed = workers[0]
+                        killed.send_signal(signal.SIGKILL)
+                    time.sleep(0.05)
+                break
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(lines) + out
+    assert killed is not None, "no final-fit worker was seen:\n" + out
+    assert proc.returncode == 0, out
+    (state,) = [json.loads(p.read_text()) for p in (workdir / "searches").glob("*.json")]
+    assert state["stage"] == "done"
+    client = MlflowClient(default_tracking_uri(workdir))
+    finals = {seed: client.get_run(run_id) for seed, run_id in state["final_runs"].items()}
+    failed = [seed for seed, run in finals.items() if run.info.status == "FAILED"]
+    assert failed == ["0"], {seed: run.info.status for seed, run in finals.items()}  # fits run one at a time
+    assert "test_mae" not in finals["0"].data.metrics and "died" in finals["0"].data.tags["error"]
+    assert finals["1"].info.status == "FINISHED" and finals["1"].data.metrics["test_mae"] > 0
+    trials_before = [r.info.run_id for r in client.search_runs(
+        [finals["0"].info.experiment_id], "tags.stage = 'trial'")]
+
+    retried = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "--resume", str(workdir), "--retry-failed"],
+                             capture_output=True, text=True, env=env, timeout=600)
+    out = retried.stdout + retried.stderr
+    assert retried.returncode == 0, out
+    assert "--retry-failed: 1 final fit(s) without a test MAE; fitting them again" in " ".join(out.split())
+    assert "final fits with seeds [0]" in out  # seed 1 kept its fit
+    (after,) = [json.loads(p.read_text()) for p in (workdir / "searches").glob("*.json")]
+    assert after["final_runs"] == state["final_runs"] and after["stage"] == "done"
+    refit = client.get_run(state["final_runs"]["0"])
+    assert refit.info.status == "FINISHED" and refit.data.metrics["test_mae"] > 0 and "error" not in refit.data.tags
+    assert client.get_run(state["final_runs"]["1"]).data.metrics == finals["1"].data.metrics
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.info.status == "FINISHED" and "final_status" not in parent.data.tags
+    assert [r.info.run_id for r in client.search_runs(
+        [parent.info.experiment_id], "tags.stage = 'trial'")] == trials_before  # no new search

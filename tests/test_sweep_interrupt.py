@@ -197,8 +197,13 @@ def test_ctrl_c_stops_searches_running_side_by_side_and_resume_finishes_both(tmp
     before, _ = _trial_runs(workdir)
     assert 2 <= len(before) < 2 * trials_each
 
-    done = subprocess.run(_sweep("--resume", str(workdir)), capture_output=True, text=True, env=env, timeout=600)
+    # where it runs may change on resume: here more searches side by side than the 2 CPUs hold
+    done = subprocess.run(_sweep("--resume", str(workdir), "--concurrent-searches", "3"),
+                          capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert ("--concurrent-searches 3: this machine holds 2 trial(s) of this size at once, so 2 searches "
+            "side by side") in " ".join((done.stdout + done.stderr).split()), done.stdout + done.stderr
+    assert json.loads((workdir / "sweep.json").read_text())["options"]["concurrent_searches"] == 3
     states = _search_states(workdir)
     assert [s["stage"] for s in states] == ["done", "done"]
     assert [s["trials"] for s in states] == [{"completed": trials_each, "pruned": 0, "failed": 0}] * 2
