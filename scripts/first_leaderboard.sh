@@ -19,9 +19,10 @@
 # pages are regenerated after every stage, so a partial leaderboard is always current (missing
 # results show as missing, never as numbers). They go beside the store ($LEADERBOARD_RUNS/pages),
 # not into the committed leaderboards/: a store on a new machine starts empty, and its first
-# pages would replace committed ones made from a fuller store. After each stage they are copied
-# into leaderboards/ once they hold every result shown there (scripts/publish_leaderboard.py;
-# PUBLISH=0 to never copy; LEADERBOARD_OUT=leaderboards writes there directly).
+# pages would replace committed ones made from a fuller store. After each stage each suite is
+# copied into leaderboards/ once its pages hold every result shown there, and README.md is composed
+# from the suites' index.json (scripts/publish_leaderboard.py; PUBLISH=0 to never copy;
+# LEADERBOARD_OUT=leaderboards writes there directly).
 # Progress: `harness status ~/.cache/harness/leaderboard-runs` (one row per stage started so far).
 # On a GPU the same stages run much faster: pass GPUS_PER_TRIAL=0.25 (four trials per GPU), and
 # PRECISION=bf16 (on a CPU with AMX the attention and line-graph models train 1.5-3x faster).
@@ -74,7 +75,7 @@ BUDGET=(--num-samples 4 --max-epochs 10 --grace-period 2 --reduction-factor 2 --
 # matbench's json, downloaded once: needs the internet). Days on GPUs, not for a CPU. "small large": both.
 SETS=${SETS:-small}
 EXTENDED=aflow__ael_bulk_modulus_vrh,aflow__ael_shear_modulus_vrh,aflow__ael_debye_temperature,aflow__agl_thermal_conductivity_300K,aflow__agl_thermal_expansion_300K,mp_bulk_modulus,mp_shear_modulus,mp_elastic_anisotropy
-# the attention models' first two of them (their slowest stage, split so that these come early: see PLAN)
+# the attention models' first two of them (their slowest crabnet28 stage, split in two so that a stage ends sooner)
 AFLOW_ELASTIC=aflow__ael_bulk_modulus_vrh,aflow__ael_shear_modulus_vrh
 EXTENDED_REST=aflow__ael_debye_temperature,aflow__agl_thermal_conductivity_300K,aflow__agl_thermal_expansion_300K,mp_bulk_modulus,mp_shear_modulus,mp_elastic_anisotropy
 MATBENCH=matbench_steels,matbench_jdft2d,matbench_expt_gap,matbench_dielectric
@@ -91,21 +92,22 @@ STRUCTURE_LARGE=matbench_dielectric,matbench_jdft2d,matbench_log_gvrh,matbench_l
 # SVR (RBF) is left out on the large sets: its fit is O(N^2) in memory and time (85k-273k training rows).
 CLASSICAL_LARGE=rf,linear,ridge,elasticnet,adaboost,decision_tree,gradient_boosting
 
-# stage name | models | datasets | final seeds | precision | extra options. Cheapest first, and the fixed-split
-# sets before the 5-fold Matbench tasks, so that every model family appears early. The first five
-# stages are what the committed pages hold (attention models on two aflow sets only): a store that
-# starts empty (a new machine) can replace those pages after them, some hours before the attention
-# models' other six extended sets (attention-extended, 3/4 of that family's cost) are done.
+# stage name | models | datasets | final seeds | precision | extra options. The Matbench stages first
+# (cheapest first, so that every model family appears early), then the crabnet28 ones. Pages are
+# published per suite (scripts/publish_leaderboard.py): a store that starts empty (a new machine)
+# replaces the committed matbench pages once its matbench stages hold every result they show,
+# whatever its crabnet28 stages have done (the committed crabnet28 pages are complete: 18 models on
+# all 8 sets), and the crabnet28 stages then run the same plan again in the same store.
 PLAN=(
-  "classical-extended|$CLASSICAL|$EXTENDED|2|$PRECISION|--reuse-actors"
-  "fc-extended|$FC|$EXTENDED|2|$PRECISION|"
   "structure-light|$STRUCTURE_LIGHT|matbench_phonons|1|$PRECISION|"
-  "attention-aflow-elastic|$ATTENTION|$AFLOW_ELASTIC|2|$PRECISION|"
   "classical-matbench|$CLASSICAL|$MATBENCH|1|$PRECISION|--reuse-actors"
-  "attention-extended|$ATTENTION|$EXTENDED_REST|2|$PRECISION|"
   "fc-matbench|$FC|$MATBENCH|1|$PRECISION|"
   "attention-matbench|$ATTENTION|$MATBENCH|1|$PRECISION|"
   "structure-heavy|$STRUCTURE_HEAVY|matbench_phonons|1|$HEAVY_PRECISION|"
+  "classical-extended|$CLASSICAL|$EXTENDED|2|$PRECISION|--reuse-actors"
+  "fc-extended|$FC|$EXTENDED|2|$PRECISION|"
+  "attention-aflow-elastic|$ATTENTION|$AFLOW_ELASTIC|2|$PRECISION|"
+  "attention-extended|$ATTENTION|$EXTENDED_REST|2|$PRECISION|"
 )
 LARGE_PLAN=(
   "classical-extended-large|$CLASSICAL_LARGE|$EXTENDED_LARGE|2|$PRECISION|--reuse-actors"

@@ -591,7 +591,7 @@ def test_protocol_note_names_the_published_numbers_its_caveat_concerns():
 def test_new_pages_replace_the_published_ones_only_when_they_hold_every_result(store, tmp_path):
     """scripts/publish_leaderboard.py's rule: no published (dataset, model) result may be lost,
     nor shown over fewer folds or seeds."""
-    from harness.leaderboard.coverage import missing_results
+    from harness.leaderboard.publishing import missing_results
 
     out = store["out"]
     assert missing_results(out, out) == []
@@ -610,6 +610,56 @@ def test_new_pages_replace_the_published_ones_only_when_they_hold_every_result(s
         f"{SUITE} / {DATASET} / Roost (no result)",
     ]
     assert missing_results(out, published) == []  # the other way round nothing is lost
+
+
+def test_readme_is_composed_from_the_suites_index_files(store):
+    """README.md's rows come from each suite's index.json, so that the committed README can be
+    composed again when one suite's pages are replaced from another store."""
+    from harness.leaderboard.build import compose_readme
+
+    entry = json.loads((store["out"] / SUITE / "index.json").read_text())
+    index = row_of(parse_tables((store["out"] / "README.md").read_text())["Index"][0], "suite", f"[{SUITE}]({SUITE}.md)")
+    assert entry["index"] == list(index.values())
+    assert compose_readme(store["out"]) == (store["out"] / "README.md").read_bytes()
+
+
+def test_publishing_replaces_only_the_suites_the_new_pages_cover(store, matbench_store, tmp_path):
+    """scripts/publish_leaderboard.py per suite: a new store's crabnet28 pages replace the
+    published crabnet28 ones; the published matbench pages, from another store (and written
+    before index.json existed), stay as they are and keep their README rows."""
+    from harness.leaderboard.build import compose_readme
+    from harness.leaderboard.publishing import entry_from_readme, publish_suites
+
+    published = tmp_path / "published"
+    shutil.copytree(store["out"], published)
+    shutil.copytree(matbench_store["out"] / "matbench", published / "matbench")
+    shutil.copy(matbench_store["out"] / "matbench.md", published / "matbench.md")
+    (published / "README.md").write_bytes(compose_readme(published))
+    matbench_entry = (published / "matbench" / "index.json").read_bytes()
+    (published / "matbench" / "index.json").unlink()  # as committed before index.json existed
+    assert entry_from_readme((published / "README.md").read_text(), "matbench") == json.loads(matbench_entry)
+    (published / SUITE / "old.png").write_bytes(b"from the earlier store")
+    matbench_before = {k: v for k, v in tree_bytes(published).items() if k.startswith("matbench")}
+
+    covered, lacking = publish_suites(published, store["out"], apply=True)
+    assert (covered, lacking) == ([SUITE], {})
+    after = tree_bytes(published)
+    assert {k: v for k, v in after.items() if k.startswith(f"{SUITE}")} == {
+        k: v for k, v in tree_bytes(store["out"]).items() if k.startswith(f"{SUITE}")}  # old.png gone
+    assert {k: v for k, v in after.items() if k.startswith("matbench") and k != "matbench/index.json"} == matbench_before
+    assert after["matbench/index.json"] == matbench_entry
+    suites = [row["suite"] for row in parse_tables(after["README.md"].decode())["Index"][0]]
+    assert suites == [f"[{SUITE}]({SUITE}.md)", "[matbench](matbench.md)"]
+
+    # a published crabnet28 result the new pages lack: crabnet28 is left as it is, nothing copied
+    path = published / SUITE / "results.csv"
+    results = pd.read_csv(path)
+    extra = results[(results["kind"] == "measured") & (results["model"] == "crabnet")].assign(model="roost", label="Roost")
+    pd.concat([results, extra]).to_csv(path, index=False)
+    before = tree_bytes(published)
+    covered, lacking = publish_suites(published, store["out"], apply=True)
+    assert covered == [] and lacking == {SUITE: [f"{SUITE} / {DATASET} / Roost (no result)"]}
+    assert tree_bytes(published) == before
 
 
 def test_results_from_different_data_versions_are_shown_as_such(store, tmp_path):

@@ -8,6 +8,7 @@ pair (the latest with final runs; else the latest with a search). Output, for a 
     <out>/S/<dataset>.md                one page per dataset
     <out>/S/<dataset>/*.png             its plots
     <out>/S/{results,fits,significance,models}.csv
+    <out>/S/index.json                  the suite's rows of README.md's tables
     <out>/matbench/matbench_v0.1_<model>/results.json.gz   (suite matbench: submission files)
 
 Pages hold nothing that is not derived from the store (no clock, no host), so regenerating
@@ -19,6 +20,7 @@ removed: a reader never sees half a file, and a page never links to a missing pl
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -34,6 +36,7 @@ from harness.leaderboard.render import (
     fits_frame,
     models_frame,
     render_dataset,
+    readme_entry,
     render_readme,
     render_suite,
     results_frame,
@@ -113,8 +116,20 @@ def suite_files(t: SuiteTables) -> dict[str, bytes]:
                 path = f"{suite}/matbench_v0.1_{slug(model)}/results.json.gz"
                 files[path] = blob
             submissions[model] = (path, tasks, left)
+    files[f"{suite}/index.json"] = entry_bytes(readme_entry(t))
     files[f"{suite}.md"] = render_suite(t, _not_run(suite, t.datasets), exports, submissions).encode("utf-8")
     return files
+
+
+def entry_bytes(entry: dict) -> bytes:
+    return (json.dumps(entry, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def compose_readme(folder: Path) -> bytes:
+    """README.md for the suites whose pages are in ``folder`` (from their ``<suite>/index.json``):
+    the same bytes ``harness leaderboard`` writes for the same suites."""
+    entries = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(Path(folder).glob("*/index.json"))]
+    return render_readme(entries).encode("utf-8")
 
 
 def publish(out_dir: Path, files: dict[str, bytes], managed_dirs: list[str]) -> None:
@@ -146,10 +161,11 @@ def publish(out_dir: Path, files: dict[str, bytes], managed_dirs: list[str]) -> 
 
 
 def _readme(tracking_uri: str, built: dict[str, SuiteTables]) -> bytes:
-    tables = []
+    entries = []
     for suite in sorted(set(suites_in_store(tracking_uri)) | set(built)):
-        tables.append(built.get(suite) or suite_tables(tracking_uri, suite, with_artifacts=False))
-    return render_readme(tables).encode("utf-8")
+        entries.append(readme_entry(built.get(suite) or suite_tables(tracking_uri, suite, with_artifacts=False)))
+    # through the JSON that index.json holds, so that compose_readme gives the same bytes
+    return render_readme([json.loads(entry_bytes(e)) for e in entries]).encode("utf-8")
 
 
 def write_all(tracking_uri: str, out_dir: Path, suites: list[str] | None = None) -> list[Path]:
