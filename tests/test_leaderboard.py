@@ -612,15 +612,21 @@ def test_new_pages_replace_the_published_ones_only_when_they_hold_every_result(s
     assert missing_results(out, published) == []  # the other way round nothing is lost
 
 
-def test_readme_is_composed_from_the_suites_index_files(store):
+def test_readme_is_composed_from_the_suites_index_files(store, matbench_store, tmp_path):
     """README.md's rows come from each suite's index.json, so that the committed README can be
-    composed again when one suite's pages are replaced from another store."""
+    composed again when one suite's pages are replaced from another store; it indexes the suites
+    of its folder, those written there from another store too."""
     from harness.leaderboard.build import compose_readme
 
     entry = json.loads((store["out"] / SUITE / "index.json").read_text())
     index = row_of(parse_tables((store["out"] / "README.md").read_text())["Index"][0], "suite", f"[{SUITE}]({SUITE}.md)")
     assert entry["index"] == list(index.values())
     assert compose_readme(store["out"]) == (store["out"] / "README.md").read_bytes()
+    both = tmp_path / "both"
+    shutil.copytree(matbench_store["out"], both)
+    write_leaderboard(SUITE, store["uri"], both)
+    suites = [row["suite"] for row in parse_tables((both / "README.md").read_text())["Index"][0]]
+    assert suites == [f"[{SUITE}]({SUITE}.md)", "[matbench](matbench.md)"]
 
 
 def test_publishing_replaces_only_the_suites_the_new_pages_cover(store, matbench_store, tmp_path):
@@ -628,7 +634,8 @@ def test_publishing_replaces_only_the_suites_the_new_pages_cover(store, matbench
     published crabnet28 ones; the published matbench pages, from another store (and written
     before index.json existed), stay as they are and keep their README rows."""
     from harness.leaderboard.build import compose_readme
-    from harness.leaderboard.publishing import entry_from_readme, publish_suites
+    from harness.leaderboard.publishing import publish_suites
+    from harness.leaderboard.render import entry_from_readme
 
     published = tmp_path / "published"
     shutil.copytree(store["out"], published)
@@ -646,8 +653,8 @@ def test_publishing_replaces_only_the_suites_the_new_pages_cover(store, matbench
     after = tree_bytes(published)
     assert {k: v for k, v in after.items() if k.startswith(f"{SUITE}")} == {
         k: v for k, v in tree_bytes(store["out"]).items() if k.startswith(f"{SUITE}")}  # old.png gone
-    assert {k: v for k, v in after.items() if k.startswith("matbench") and k != "matbench/index.json"} == matbench_before
-    assert after["matbench/index.json"] == matbench_entry
+    assert {k: v for k, v in after.items() if k.startswith("matbench")} == matbench_before
+    assert entry_from_readme(after["README.md"].decode(), "matbench") == json.loads(matbench_entry)
     suites = [row["suite"] for row in parse_tables(after["README.md"].decode())["Index"][0]]
     assert suites == [f"[{SUITE}]({SUITE}.md)", "[matbench](matbench.md)"]
 

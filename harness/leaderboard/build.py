@@ -3,7 +3,7 @@
 For each (dataset, model) a page uses the runs of the most recent sweep that evaluated that
 pair (the latest with final runs; else the latest with a search). Output, for a suite ``S``::
 
-    <out>/README.md                     index, protocols, budget, commands to reproduce
+    <out>/README.md                     index of the suites in <out>, protocols, budget, commands
     <out>/S.md                          the suite page
     <out>/S/<dataset>.md                one page per dataset
     <out>/S/<dataset>/*.png             its plots
@@ -36,6 +36,7 @@ from harness.leaderboard.render import (
     fits_frame,
     models_frame,
     render_dataset,
+    entry_from_readme,
     readme_entry,
     render_readme,
     render_suite,
@@ -126,9 +127,18 @@ def entry_bytes(entry: dict) -> bytes:
 
 
 def compose_readme(folder: Path) -> bytes:
-    """README.md for the suites whose pages are in ``folder`` (from their ``<suite>/index.json``):
-    the same bytes ``harness leaderboard`` writes for the same suites."""
-    entries = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(Path(folder).glob("*/index.json"))]
+    """README.md indexing the suites whose pages are in ``folder``, from their ``<suite>/index.json``
+    (a suite written before index.json existed: its rows in the folder's README.md)."""
+    folder = Path(folder)
+    old_readme = (folder / "README.md").read_text(encoding="utf-8") if (folder / "README.md").is_file() else ""
+    entries = []
+    for page in sorted(folder.glob("*.md")):
+        suite, index = page.stem, folder / page.stem / "index.json"
+        if page.name == "README.md" or not (folder / suite).is_dir():
+            continue
+        entry = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else entry_from_readme(old_readme, suite)
+        if entry is not None:
+            entries.append(entry)
     return render_readme(entries).encode("utf-8")
 
 
@@ -160,14 +170,6 @@ def publish(out_dir: Path, files: dict[str, bytes], managed_dirs: list[str]) -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _readme(tracking_uri: str, built: dict[str, SuiteTables]) -> bytes:
-    entries = []
-    for suite in sorted(set(suites_in_store(tracking_uri)) | set(built)):
-        entries.append(readme_entry(built.get(suite) or suite_tables(tracking_uri, suite, with_artifacts=False)))
-    # through the JSON that index.json holds, so that compose_readme gives the same bytes
-    return render_readme([json.loads(entry_bytes(e)) for e in entries]).encode("utf-8")
-
-
 def write_all(tracking_uri: str, out_dir: Path, suites: list[str] | None = None) -> list[Path]:
     """Write the pages of ``suites`` (default: every suite in the store) and README.md into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -175,7 +177,6 @@ def write_all(tracking_uri: str, out_dir: Path, suites: list[str] | None = None)
     if not suites:
         raise LeaderboardError(f"no sweep in {tracking_uri}; run `harness sweep` first")
     files: dict[str, bytes] = {}
-    built: dict[str, SuiteTables] = {}
     for suite in suites:
         start = time.perf_counter()
         t = suite_tables(tracking_uri, suite)
@@ -188,10 +189,10 @@ def write_all(tracking_uri: str, out_dir: Path, suites: list[str] | None = None)
         make_console().print(f"{suite}: {len(t.data.finals)} final fits and {len(t.data.trials)} trials of "
                              f"{len(t.datasets)} dataset(s) read from MLflow ({time.perf_counter() - start:.0f} s)",
                              highlight=False)
-        built[suite] = t
         files.update(suite_files(t))
-    files["README.md"] = _readme(tracking_uri, built)
     publish(out_dir, files, managed_dirs=list(suites))
+    # the index of the folder: these suites, and those written there before (from other stores)
+    publish(out_dir, {"README.md": compose_readme(out_dir)}, managed_dirs=[])
     return [out_dir / f"{s}.md" for s in suites]
 
 

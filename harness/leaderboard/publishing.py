@@ -12,12 +12,12 @@ store, stay as they are. README.md is then composed from every published suite's
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pandas as pd
 
 from harness.leaderboard.build import compose_readme, entry_bytes, publish
+from harness.leaderboard.render import entry_from_readme
 
 KEY = ["suite", "dataset", "model"]
 
@@ -58,26 +58,6 @@ def suites_in_pages(pages: Path) -> list[str]:
     return sorted(p.stem for p in Path(pages).glob("*.md") if p.name != "README.md" and (p.parent / p.stem).is_dir())
 
 
-def _cells(row: str) -> list[str]:
-    """A markdown table row's cells, ``\\|`` unescaped (see render.table)."""
-    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row.strip()[1:-1])]
-
-
-def entry_from_readme(readme: str, suite: str) -> dict | None:
-    """A suite's :func:`~harness.leaderboard.render.readme_entry` read back from a README.md
-    written before the suites had ``index.json`` (its rows of the index and budget tables)."""
-    index, budget = None, []
-    for line in readme.splitlines():
-        if not line.startswith("| "):
-            continue
-        cells = _cells(line)
-        if cells[0] == f"[{suite}]({suite}.md)":
-            index = cells
-        elif cells[0] == suite and len(cells) == 11:
-            budget.append(cells)
-    return None if index is None else {"suite": suite, "index": index, "budget": budget}
-
-
 def publish_suites(published: Path, new: Path, apply: bool) -> tuple[list[str], dict[str, list[str]]]:
     """(the suites of ``new`` that cover their published pages, {suite: what it lacks} for the
     others). With ``apply`` the covering suites' pages replace the published ones (files of such a
@@ -91,23 +71,14 @@ def publish_suites(published: Path, new: Path, apply: bool) -> tuple[list[str], 
         else:
             covered.append(suite)
     if apply and covered:
-        # pages written before index.json existed: a suite's rows come from the README beside them
-        legacy = {}
-        for folder, suites in ((published, [s for s in suites_in_pages(published) if s not in covered]),
-                               (new, covered)):
-            readme = (folder / "README.md").read_text(encoding="utf-8") if (folder / "README.md").is_file() else ""
-            for suite in suites:
-                entry = None if (folder / suite / "index.json").is_file() else entry_from_readme(readme, suite)
-                if entry is not None:
-                    legacy[f"{suite}/index.json"] = entry_bytes(entry)
         for suite in covered:
             files = {f"{suite}.md": (new / f"{suite}.md").read_bytes()}
             files.update({path.relative_to(new).as_posix(): path.read_bytes()
                           for path in sorted((new / suite).rglob("*")) if path.is_file()})
-            if f"{suite}/index.json" in legacy:
-                files[f"{suite}/index.json"] = legacy.pop(f"{suite}/index.json")
+            if f"{suite}/index.json" not in files:  # pages written before index.json existed
+                entry = entry_from_readme((new / "README.md").read_text(encoding="utf-8"), suite)
+                if entry is not None:
+                    files[f"{suite}/index.json"] = entry_bytes(entry)
             publish(published, files, managed_dirs=[suite])
-        if legacy:
-            publish(published, legacy, managed_dirs=[])
         publish(published, {"README.md": compose_readme(published)}, managed_dirs=[])
     return covered, lacking
