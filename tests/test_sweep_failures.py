@@ -217,7 +217,7 @@ def test_retry_failed_refits_a_final_fit_whose_worker_died_into_the_same_run(tmp
     env.pop("COLUMNS", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "sweep", "--models", "crabnet", "--datasets", "steels_yield",
-         "--folds", "0", "--num-samples", "1", "--max-epochs", "8", "--grace-period", "8", "--final-seeds", "2",
+         "--folds", "0", "--num-samples", "1", "--max-epochs", "3", "--grace-period", "3", "--final-seeds", "2",
          "--workdir", str(workdir), "--num-cpus", "1", "--seed", "0", "--max-failures", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
