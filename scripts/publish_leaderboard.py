@@ -28,6 +28,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pages", nargs="?", type=Path, default=cache / "leaderboard-runs" / "pages")
     parser.add_argument("--apply", action="store_true", help="copy the covered suites' pages into leaderboards/")
+    parser.add_argument("--all", action="store_true", help="list every lacking result (default: the first 10 per suite)")
     args = parser.parse_args()
     published = ROOT / "leaderboards"
     if not (args.pages / "README.md").is_file():
@@ -36,7 +37,10 @@ def main() -> int:
     covered, lacking = publish_suites(published, args.pages, apply=args.apply)
     for suite, missing in lacking.items():
         print(f"{suite}: {args.pages} lacks {len(missing)} published result(s); leaderboards/{suite} left as it is:")
-        print("\n".join(f"  {m}" for m in missing))
+        shown = missing if args.all else missing[:10]
+        print("\n".join(f"  {m}" for m in shown))
+        if len(shown) < len(missing):
+            print(f"  … and {len(missing) - len(shown)} more (--all lists them)")
     for suite in covered:
         print(f"{suite}: {args.pages} holds every published result" +
               (f"; copied into {published}" if args.apply else ""))
