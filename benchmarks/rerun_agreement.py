@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._results import publish  # noqa: E402
-from harness.leaderboard.coverage import KEY, measured_results  # noqa: E402
+from harness.leaderboard.publishing import KEY, measured_results  # noqa: E402
 
 BUDGET = ["max_epochs", "num_samples", "subsample"]
 SAME = 1e-9  # relative: Linear/Ridge/ElasticNet/SVR on an EPYC and a Xeon differed in the 15th digit
@@ -97,7 +97,7 @@ def render(a_dir: Path, b_dir: Path, both: pd.DataFrame) -> str:
     rel = both.loc[~both["identical"], "rel_diff"]
     lines += [
         f"| all | {len(both)} | {int(both['identical'].sum())} | "
-        f"{both['rel_diff'].median():.1%} (differing cells: {rel.median():.1%}) | "
+        f"{both['rel_diff'].median():.1%} ({f'differing cells: {rel.median():.1%}' if len(rel) else 'no cell differs'}) | "
         f"{both['rel_diff'].max():.1%} | {int(both['within_std'].sum())} of {len(both)} |",
         "",
         "| suite | datasets compared | same best model | best model changed (A → B) |",
