@@ -338,9 +338,11 @@ def leaderboard(
 
     MLflow is the only source of truth: one page per suite, and per dataset a page with plots;
     CSV exports (and, for matbench, Matbench submission files); README.md (index, protocols,
-    budget, commands). The same store gives the same bytes. Only the suites written are replaced:
-    a folder's other suites (e.g. from another store) stay, and README.md indexes every suite in
-    the folder (each suite's rows: <suite>/index.json)."""
+    budget, commands). The same store gives the same bytes. Each suite page is composed from its
+    datasets' records (<suite>/<dataset>/record.json), which scripts/publish_leaderboard.py uses
+    to publish one dataset at a time. Only the suites written are replaced: a folder's other
+    suites (e.g. from another store) stay, and README.md indexes every suite in the folder (each
+    suite's rows: <suite>/index.json)."""
     from harness.leaderboard.build import LeaderboardError, suites_in_store, write_all
 
     uri = _tracking_uri(workdir, mlflow_uri)

@@ -92,17 +92,23 @@ STRUCTURE_LARGE=matbench_dielectric,matbench_jdft2d,matbench_log_gvrh,matbench_l
 # SVR (RBF) is left out on the large sets: its fit is O(N^2) in memory and time (85k-273k training rows).
 CLASSICAL_LARGE=rf,linear,ridge,elasticnet,adaboost,decision_tree,gradient_boosting
 
-# stage name | models | datasets | final seeds | precision | extra options. The Matbench stages first
-# (cheapest first, so that every model family appears early), then the crabnet28 ones. Pages are
-# published per suite (scripts/publish_leaderboard.py): a store that starts empty (a new machine)
-# replaces the committed matbench pages once its matbench stages hold every result they show,
-# whatever its crabnet28 stages have done (the committed crabnet28 pages are complete: 18 models on
-# all 8 sets), and the crabnet28 stages then run the same plan again in the same store.
-PLAN=(
+# stage name | models | datasets | final seeds | precision | extra options. The Matbench stages first,
+# one dataset at a time (smallest first; its classical, fully connected and attention models in
+# three sweeps), so that a store that starts empty (a new machine) catches up on one dataset after
+# another: pages are published per dataset (scripts/publish_leaderboard.py), and a dataset whose
+# new pages hold every result its committed pages show replaces them, whatever the other datasets'
+# state. Then matbench_phonons (structure models; ALIGNN and Crysformer dominate the whole job's
+# cost), then the crabnet28 stages. A stage whose datasets leaderboards/ already shows complete
+# (every model of every stage on them, all folds, no failed fit) is skipped: SKIP_PUBLISHED=0 runs it.
+PLAN=()
+for entry in steels:matbench_steels jdft2d:matbench_jdft2d expt-gap:matbench_expt_gap dielectric:matbench_dielectric; do
+  short=${entry%%:*} dataset=${entry#*:}
+  PLAN+=("classical-$short|$CLASSICAL|$dataset|1|$PRECISION|--reuse-actors"
+         "fc-$short|$FC|$dataset|1|$PRECISION|"
+         "attention-$short|$ATTENTION|$dataset|1|$PRECISION|")
+done
+PLAN+=(
   "structure-light|$STRUCTURE_LIGHT|matbench_phonons|1|$PRECISION|"
-  "classical-matbench|$CLASSICAL|$MATBENCH|1|$PRECISION|--reuse-actors"
-  "fc-matbench|$FC|$MATBENCH|1|$PRECISION|"
-  "attention-matbench|$ATTENTION|$MATBENCH|1|$PRECISION|"
   "structure-heavy|$STRUCTURE_HEAVY|matbench_phonons|1|$HEAVY_PRECISION|"
   "classical-extended|$CLASSICAL|$EXTENDED|2|$PRECISION|--reuse-actors"
   "fc-extended|$FC|$EXTENDED|2|$PRECISION|"
@@ -127,13 +133,37 @@ for size in $SETS; do
     *) echo "SETS=\"$SETS\": each word must be small or large" >&2; exit 2 ;;
   esac
 done
-STAGES=${STAGES:-"classical fc structure-light attention structure-heavy"}
+STAGES=${STAGES:-"classical fc attention structure-light structure-heavy"}
 DONE_FILE=stage-done
 # RETRY_FAILED=1: in every selected stage, finished ones too, run again the searches that gave no
 # test MAE (every trial failed, e.g. on a full disk, or their final fits did): `--resume --retry-failed`.
 # Failed runs stay in MLflow. E.g. STAGES=attention-extended RETRY_FAILED=1 bash scripts/first_leaderboard.sh
 RETRY=()
 [ "${RETRY_FAILED:-0}" = 1 ] && RETRY=(--retry-failed)
+
+# Every model that some stage of the plan runs on one of the datasets $1 (comma-separated).
+planned_models() {
+  local entry name models datasets rest d
+  local -A seen=()
+  for entry in "${SELECTED[@]}"; do
+    IFS='|' read -r name models datasets rest <<<"$entry"
+    for d in ${1//,/ }; do
+      if [[ ",$datasets," == *",$d,"* ]]; then
+        for m in ${models//,/ }; do seen[$m]=1; done
+        break
+      fi
+    done
+  done
+  local IFS=,
+  echo "${!seen[*]}"
+}
+
+# Does leaderboards/ (PUBLISHED_DIR) already show the datasets $1 complete? Then their stages are skipped.
+PUBLISHED_DIR=${PUBLISHED_DIR:-leaderboards}
+published() {
+  [ "${SKIP_PUBLISHED:-1}" = 1 ] && [ -d "$PUBLISHED_DIR" ] || return 1
+  python scripts/publish_leaderboard.py --published "$PUBLISHED_DIR" --incomplete "$1" --models "$(planned_models "$1")" >/dev/null 2>&1
+}
 
 wanted() {  # is stage $1 selected by a word of $STAGES (a prefix: "fc" selects fc-extended and fc-matbench)?
   local word
@@ -150,6 +180,7 @@ if [ "${PLAN_ONLY:-0}" = 1 ]; then
     state=new
     [ -f "$ROOT/$name/sweep.json" ] && state=started
     [ -f "$ROOT/$name/$DONE_FILE" ] && state="finished $(cat "$ROOT/$name/$DONE_FILE")"
+    [ "$state" = new ] && published "$datasets" && state=published
     echo "$name | $state | $models | $datasets | $seeds final seed(s) | $precision"
   done
   exit 0
@@ -164,6 +195,10 @@ for entry in "${SELECTED[@]}"; do
   # Delete the file to run the stage's `--resume` once more.
   if [ -f "$workdir/$DONE_FILE" ] && [ ${#RETRY[@]} = 0 ]; then
     echo "== stage $name: finished $(cat "$workdir/$DONE_FILE"); skipped (rm $workdir/$DONE_FILE to resume it)"
+    continue
+  fi
+  if [ ! -f "$workdir/sweep.json" ] && published "$datasets"; then
+    echo "== stage $name: $PUBLISHED_DIR/ already shows $datasets complete; skipped (SKIP_PUBLISHED=0 runs it)"
     continue
   fi
   echo "== $(date '+%F %T') stage $name: $models on $datasets"

@@ -406,26 +406,23 @@ def test_missing_metric_failed_runs_and_no_final_runs_are_shown_as_such(store, d
 
 
 # ----------------------------------------------------------------------------- matbench export
-@pytest.fixture(scope="module")
-def matbench_store(tmp_path_factory):
-    """Final runs of two models on matbench_steels with its official folds: CrabNet on all 5
-    folds (2 seeds each), HotCrab on folds 0-3 only, with smaller errors (so that ranking it
-    against CrabNet's five folds would put it first)."""
+def synthetic_matbench_store(workdir: Path, out: Path, dataset: str, runs: tuple, sweep_id: str) -> dict:
+    """A store of final runs on a Matbench task with its official folds, made with the MLflow
+    client: ``runs`` is (model, label, folds, prediction noise) per model, 2 seeds per fold."""
     from harness.data import load_dataset
 
-    ds = load_dataset("matbench_steels")
-    workdir = tmp_path_factory.mktemp("lb_matbench")
+    ds = load_dataset(dataset)
     uri = default_tracking_uri(workdir)
     exp_id = prepare_store(uri, workdir)
     client = MlflowClient(uri)
     rng = np.random.default_rng(0)
     preds = {}
-    for model, label, folds, noise in (("crabnet", "CrabNet", range(5), 90.0), ("hotcrab", "HotCrab", range(4), 40.0)):
+    for model, label, folds, noise in runs:
         for k in folds:
             split = ds.split(f"fold{k}")
             tags = {"suite": "matbench", "dataset": ds.name, "model": model, "model_label": label,
                     "split": f"fold{k}", "split_scheme": ds.split_scheme, "unit": ds.unit, "target": ds.target,
-                    "sweep_id": "20260101-000000-abcdef", "data_subsample": "", "data_dropped": "0",
+                    "sweep_id": sweep_id, "data_subsample": "", "data_dropped": "0",
                     "data_rows": str(len(ds)), "max_epochs": "300", "num_samples": "4", "git_commit": "abc"}
             parent = client.create_run(exp_id, tags={**tags, "stage": "search", "seed": "0"})
             client.log_param(parent.info.run_id, "cpus_per_trial", "1.0")
@@ -443,9 +440,18 @@ def matbench_store(tmp_path_factory):
                 client.log_text(r.info.run_id, frame.to_csv(index=False), "predictions_test.csv")
                 client.set_terminated(r.info.run_id, "FINISHED")
                 preds[(model, k, seed)] = (frame, mae)
-    out = tmp_path_factory.mktemp("lb_matbench_out")
     page = write_leaderboard("matbench", uri, out)
     return {"ds": ds, "uri": uri, "out": out, "page": page, "preds": preds}
+
+
+@pytest.fixture(scope="module")
+def matbench_store(tmp_path_factory):
+    """Final runs of two models on matbench_steels with its official folds: CrabNet on all 5
+    folds (2 seeds each), HotCrab on folds 0-3 only, with smaller errors (so that ranking it
+    against CrabNet's five folds would put it first)."""
+    return synthetic_matbench_store(
+        tmp_path_factory.mktemp("lb_matbench"), tmp_path_factory.mktemp("lb_matbench_out"), "matbench_steels",
+        (("crabnet", "CrabNet", range(5), 90.0), ("hotcrab", "HotCrab", range(4), 40.0)), "20260101-000000-abcdef")
 
 
 def _matbench_hash(d: dict) -> str:
@@ -588,25 +594,33 @@ def test_protocol_note_names_the_published_numbers_its_caveat_concerns():
     assert notes == ["published L-G-DCNN, L-G-DCNN-V1: read off a bar chart (about 2 significant digits)"]
 
 
+def _edit_record(folder: Path, suite: str, dataset: str, edit) -> None:
+    path = folder / suite / dataset / "record.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+
+
 def test_new_pages_replace_the_published_ones_only_when_they_hold_every_result(store, tmp_path):
     """scripts/publish_leaderboard.py's rule: no published (dataset, model) result may be lost,
-    nor shown over fewer folds or seeds."""
+    nor shown over fewer folds or seeds (read from the datasets' records)."""
     from harness.leaderboard.publishing import missing_results
 
     out = store["out"]
     assert missing_results(out, out) == []
     published = tmp_path / "published"
     shutil.copytree(out, published)
-    path = published / SUITE / "results.csv"
-    results = pd.read_csv(path)
-    measured = results[results["kind"] == "measured"]
-    crabnet = measured["model"] == "crabnet"
-    n = float(measured.loc[crabnet, "n"].iloc[0])
-    results.loc[results.index[results["kind"] == "measured"][crabnet.to_numpy()], "n"] = n + 1
-    roost = measured[crabnet].assign(model="roost", label="Roost")
-    pd.concat([results, roost]).to_csv(path, index=False)
+    n = {}
+
+    def more_folds_and_a_roost(record):
+        crabnet = next(r for r in record["results"] if r["model"] == "crabnet")
+        n["crabnet"] = crabnet["n_units"]
+        crabnet["n_units"] += 1
+        record["results"].append({**crabnet, "model": "roost", "label": "Roost"})
+
+    _edit_record(published, SUITE, DATASET, more_folds_and_a_roost)
     assert missing_results(published, out) == [
-        f"{SUITE} / {DATASET} / CrabNet ({n:g} folds/seeds, published {n + 1:g})",
+        f"{SUITE} / {DATASET} / CrabNet ({n['crabnet']} folds/seeds, published {n['crabnet'] + 1})",
         f"{SUITE} / {DATASET} / Roost (no result)",
     ]
     assert missing_results(out, published) == []  # the other way round nothing is lost
@@ -648,8 +662,8 @@ def test_publishing_replaces_only_the_suites_the_new_pages_cover(store, matbench
     (published / SUITE / "old.png").write_bytes(b"from the earlier store")
     matbench_before = {k: v for k, v in tree_bytes(published).items() if k.startswith("matbench")}
 
-    covered, lacking = publish_suites(published, store["out"], apply=True)
-    assert (covered, lacking) == ([SUITE], {})
+    taken, lacking = publish_suites(published, store["out"], apply=True)
+    assert (taken, lacking) == ({SUITE: [DATASET]}, {})
     after = tree_bytes(published)
     assert {k: v for k, v in after.items() if k.startswith(f"{SUITE}")} == {
         k: v for k, v in tree_bytes(store["out"]).items() if k.startswith(f"{SUITE}")}  # old.png gone
@@ -658,15 +672,92 @@ def test_publishing_replaces_only_the_suites_the_new_pages_cover(store, matbench
     suites = [row["suite"] for row in parse_tables(after["README.md"].decode())["Index"][0]]
     assert suites == [f"[{SUITE}]({SUITE}.md)", "[matbench](matbench.md)"]
 
-    # a published crabnet28 result the new pages lack: crabnet28 is left as it is, nothing copied
-    path = published / SUITE / "results.csv"
-    results = pd.read_csv(path)
-    extra = results[(results["kind"] == "measured") & (results["model"] == "crabnet")].assign(model="roost", label="Roost")
-    pd.concat([results, extra]).to_csv(path, index=False)
+    # a published crabnet28 result the new pages lack: its dataset is left as it is, nothing copied
+    _edit_record(published, SUITE, DATASET, lambda record: record["results"].append(
+        {**record["results"][0], "model": "roost", "label": "Roost"}))
     before = tree_bytes(published)
-    covered, lacking = publish_suites(published, store["out"], apply=True)
-    assert covered == [] and lacking == {SUITE: [f"{SUITE} / {DATASET} / Roost (no result)"]}
+    taken, lacking = publish_suites(published, store["out"], apply=True)
+    assert taken == {} and lacking == {SUITE: [f"{SUITE} / {DATASET} / Roost (no result)"]}
     assert tree_bytes(published) == before
+
+
+def test_a_suite_page_is_composed_from_datasets_of_different_stores(matbench_store, tmp_path):
+    """Publishing per dataset: pages of matbench_steels from one store (written before records
+    existed) and of matbench_expt_gap from another make one suite page showing each dataset's
+    numbers as its own store's page did, ranks averaged over both, both sweeps in the budget, and
+    one Matbench submission file per model holding both stores' tasks."""
+    from harness.leaderboard import matbench_export
+    from harness.leaderboard.build import composed_files
+    from harness.leaderboard.publishing import publish_suites
+    from harness.leaderboard.records import read_records
+
+    published = tmp_path / "published"
+    shutil.copytree(matbench_store["out"], published)
+    (published / "matbench" / "matbench_steels" / "record.json").unlink()  # as committed before records
+    other = synthetic_matbench_store(tmp_path / "b", tmp_path / "b_out", "matbench_expt_gap",
+                                     (("crabnet", "CrabNet", range(5), 0.5),), "20260202-000000-bcdefa")
+    taken, lacking = publish_suites(published, other["out"], apply=True)
+    assert (taken, lacking) == ({"matbench": ["matbench_expt_gap"]}, {})
+
+    text = (published / "matbench.md").read_text()
+    own = {"matbench_steels": matbench_store["page"].read_text(), "matbench_expt_gap": other["page"].read_text()}
+    rows = parse_tables(text)["Test MAE"][0]
+    assert [r["dataset"] for r in rows] == ["matbench_expt_gap", "matbench_steels"]
+    for dataset, page in own.items():
+        before = row_of(parse_tables(page)["Test MAE"][0], "dataset", dataset)
+        now = row_of(rows, "dataset", dataset)
+        for column in ("over", "CrabNet", "HotCrab", "best two: paired test"):
+            assert now.get(column, "not run") == before.get(column, "not run"), (dataset, column)
+    ranks = parse_tables(text)["Rank"][0][-1]
+    assert ranks["dataset"] == "**average rank**" and ranks["CrabNet"] == "**1.00** (2 datasets)"  # first on both; HotCrab's 4 folds are not ranked
+    readme = (published / "README.md").read_text()
+    assert "`20260101-000000-abcdef`" in readme and "`20260202-000000-bcdefa`" in readme
+    # CrabNet's submission: steels from the first store's file, expt_gap from the second's
+    name = "matbench/matbench_v0.1_crabnet/results.json.gz"
+    with gzip.open(published / name, "rt") as fh:
+        merged = json.load(fh)
+    assert sorted(merged["tasks"]) == ["matbench_expt_gap", "matbench_steels"]
+    for dataset, store_out in (("matbench_steels", matbench_store["out"]), ("matbench_expt_gap", other["out"])):
+        assert merged["tasks"][dataset] == matbench_export.file_blocks(store_out / name)[dataset]
+    assert merged["hash"] == _matbench_hash({k: v for k, v in merged.items() if k != "hash"})
+    assert not (published / "matbench" / "matbench_v0.1_hotcrab").exists()  # 4 of 5 folds: no task
+    # every dataset has its record now, and composing the suite again from them gives the same files
+    recs = read_records(published, "matbench")
+    written = {d: json.loads((published / "matbench" / d / "record.json").read_text()) for d in recs}
+    assert {d: r.get("legacy", False) for d, r in written.items()} == {"matbench_expt_gap": False, "matbench_steels": True}
+    files = composed_files("matbench", recs, lambda model, task: matbench_export.file_blocks(
+        published / f"matbench/matbench_v0.1_{model}/results.json.gz")[task])
+    assert all((published / rel).read_bytes() == blob for rel, blob in files.items())
+
+    # a store with CrabNet on 3 folds of steels and no HotCrab: steels stays as published
+    fewer = synthetic_matbench_store(tmp_path / "c", tmp_path / "c_out", "matbench_steels",
+                                     (("crabnet", "CrabNet", range(3), 90.0),), "20260303-000000-cdefab")
+    before = tree_bytes(published)
+    taken, lacking = publish_suites(published, fewer["out"], apply=True)
+    assert taken == {} and lacking == {"matbench": ["matbench / matbench_steels / CrabNet (3 folds/seeds, published 5)",
+                                                    "matbench / matbench_steels / HotCrab (no result)"]}
+    assert tree_bytes(published) == before
+
+
+def test_committed_pages_are_composed_again_from_their_records_byte_for_byte():
+    """The committed leaderboards/ (records, or for pages written before records their exports
+    and tables): composing each suite again gives its committed suite page, CSV exports,
+    index.json and Matbench submission files byte for byte, so publishing one dataset changes
+    nothing else on them."""
+    from harness.leaderboard import matbench_export
+    from harness.leaderboard.build import composed_files
+    from harness.leaderboard.publishing import suites_in_pages
+    from harness.leaderboard.records import read_records
+
+    folder = Path(__file__).resolve().parent.parent / "leaderboards"
+    suites = suites_in_pages(folder)
+    assert {"crabnet28", "matbench"} <= set(suites)
+    for suite in suites:
+        files = composed_files(suite, read_records(folder, suite), lambda model, task: matbench_export.file_blocks(
+            folder / suite / f"matbench_v0.1_{model}" / "results.json.gz")[task])
+        assert f"{suite}.md" in files and f"{suite}/results.csv" in files
+        differing = [rel for rel, blob in files.items() if (folder / rel).read_bytes() != blob]
+        assert differing == [], differing
 
 
 def test_results_from_different_data_versions_are_shown_as_such(store, tmp_path):

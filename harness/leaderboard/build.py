@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.console import make_console, progress
-from harness.leaderboard import matbench_export, plots
+from harness.leaderboard import matbench_export, plots, records
 from harness.leaderboard.render import (
     csv_bytes,
     fits_frame,
@@ -81,43 +81,71 @@ def _not_run(suite: str, present: list[str]) -> list[str]:
     return [d for d in SUITES.get(suite, []) if d not in set(present) and CATALOG[d].suite == suite]
 
 
-def suite_files(t: SuiteTables) -> dict[str, bytes]:
-    """Every file of one suite (paths relative to the output folder) except README.md."""
+EXPORTS = [
+    ("results.csv", "one row per (dataset, model): every number of the tables above, published rows too"),
+    ("fits.csv", "one row per final fit: status, metrics, hyperparameters, run id"),
+    ("significance.csv", "the paired test of each dataset's two best models"),
+    ("models.csv", "per model: average rank and cost totals"),
+]
+
+
+def dataset_files(t: SuiteTables, dataset: str) -> dict[str, bytes]:
+    """One dataset's page, plots and record (paths relative to the output folder)."""
     suite = t.data.suite
+    base = f"{suite}/{slug(dataset)}"
+    files: dict[str, bytes] = {}
+    made: dict[str, str | None] = {}
+    residual_png, train_logged = plots.residuals(t, dataset)
+    for key, png in (("parity", plots.parity(t, dataset)), ("residuals", residual_png),
+                     ("learning_curves", plots.learning_curves(t, dataset)),
+                     ("trial_curves", plots.trial_curves(t, dataset)), ("pareto", plots.pareto(t, dataset))):
+        if png is not None:
+            files[f"{base}/{key}.png"] = png
+            made[key] = f"{slug(dataset)}/{key}.png"
+    files[f"{base}.md"] = render_dataset(t, dataset, made, train_logged).encode("utf-8")
+    files[f"{base}/{records.RECORD}"] = records.record_bytes(records.record_of(t, dataset))
+    return files
+
+
+def suite_files(t: SuiteTables) -> dict[str, bytes]:
+    """Every file of one suite (paths relative to the output folder) except README.md: the
+    dataset pages from the store, the suite page composed from the datasets' records."""
+    suite = t.data.suite
+    blocks: dict[str, dict[str, dict]] = {}
+    if suite == "matbench":  # which tasks go into the submission files: in the records
+        for model in t.models:
+            blocks[model], status = matbench_export.store_blocks(t, model)
+            t.submissions.update({(d, model): s for d, s in status.items()})
     files: dict[str, bytes] = {}
     # plots are most of the time (seconds per dataset): say how far it is
     for dataset in progress(t.datasets, len(t.datasets), f"{suite}: dataset pages and plots", min_total=2):
-        base = f"{suite}/{slug(dataset)}"
-        made: dict[str, str | None] = {}
-        residual_png, train_logged = plots.residuals(t, dataset)
-        for key, png in (("parity", plots.parity(t, dataset)), ("residuals", residual_png),
-                         ("learning_curves", plots.learning_curves(t, dataset)),
-                         ("trial_curves", plots.trial_curves(t, dataset)), ("pareto", plots.pareto(t, dataset))):
-            if png is not None:
-                files[f"{base}/{key}.png"] = png
-                made[key] = f"{slug(dataset)}/{key}.png"
-        files[f"{base}.md"] = render_dataset(t, dataset, made, train_logged).encode("utf-8")
-    exports = [
-        (f"{suite}/results.csv", "one row per (dataset, model): every number of the tables above, published rows too"),
-        (f"{suite}/fits.csv", "one row per final fit: status, metrics, hyperparameters, run id"),
-        (f"{suite}/significance.csv", "the paired test of each dataset's two best models"),
-        (f"{suite}/models.csv", "per model: average rank and cost totals"),
-    ]
-    files[f"{suite}/results.csv"] = csv_bytes(results_frame(t))
-    files[f"{suite}/fits.csv"] = csv_bytes(fits_frame(t))
-    files[f"{suite}/significance.csv"] = csv_bytes(significance_frame(t))
-    files[f"{suite}/models.csv"] = csv_bytes(models_frame(t))
+        files.update(dataset_files(t, dataset))
+    recs = {d: records.load_record_bytes(files[f"{suite}/{slug(d)}/{records.RECORD}"]) for d in t.datasets}
+    files.update(composed_files(suite, recs, lambda model, task: blocks[model][task]))
+    return files
+
+
+def composed_files(suite: str, recs: dict[str, dict], block_of) -> dict[str, bytes]:
+    """The suite page, its CSV exports, Matbench submission files and index.json, from the
+    datasets' records (``block_of(model, task)``: the task's block of the model's submission)."""
+    t = records.tables_from_records(suite, recs, reference_results())
+    files = {f"{suite}/results.csv": csv_bytes(results_frame(t)), f"{suite}/fits.csv": csv_bytes(fits_frame(t)),
+             f"{suite}/significance.csv": csv_bytes(significance_frame(t)), f"{suite}/models.csv": csv_bytes(models_frame(t))}
     submissions = None
     if suite == "matbench":
         submissions = {}
         for model in t.models:
-            blob, tasks, left = matbench_export.submission(t, model)
+            status = {d: t.submissions[(d, model)] for d in t.datasets if (d, model) in t.submissions}
+            included = sorted(d for d, s in status.items() if "end_time" in s)
             path = None
-            if blob is not None:
+            if included:
                 path = f"{suite}/matbench_v0.1_{slug(model)}/results.json.gz"
-                files[path] = blob
-            submissions[model] = (path, tasks, left)
+                commits = {c for d in included for c in t.get(d, model).git_commits}
+                files[path] = matbench_export.assemble(model, t.labels[model], {d: block_of(model, d) for d in included},
+                                                       [status[d]["end_time"] for d in included], commits)
+            submissions[model] = (path, included, {d: s["left"] for d, s in status.items() if "left" in s})
     files[f"{suite}/index.json"] = entry_bytes(readme_entry(t))
+    exports = [(f"{suite}/{name}", what) for name, what in EXPORTS]
     files[f"{suite}.md"] = render_suite(t, _not_run(suite, t.datasets), exports, submissions).encode("utf-8")
     return files
 

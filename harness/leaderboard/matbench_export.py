@@ -108,33 +108,47 @@ def task_status(tables: SuiteTables, dataset: str, model: str) -> tuple[dict | N
     return {"results": results, "end_time": max(end)}, ""
 
 
-def submission(tables: SuiteTables, model: str) -> tuple[bytes | None, list[str], dict[str, str]]:
-    """(gzip bytes or None, tasks included, {task left out: why})."""
-    tasks, left_out, end_times, commits = {}, {}, [], set()
+def task_block(dataset: str, results: dict) -> dict:
+    return {"@module": "matbench.task", "@class": "MatbenchTask", "benchmark_name": BENCHMARK,
+            "dataset_name": dataset, "results": results}
+
+
+def store_blocks(tables: SuiteTables, model: str) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(the model's complete tasks as submission blocks, {(task): {"end_time": ms} or {"left": why}}) from the store."""
+    blocks, status = {}, {}
     for dataset in tables.datasets:
         if not dataset.startswith("matbench_") or tables.get(dataset, model) is None:
             continue
-        status, why = task_status(tables, dataset, model)
-        if status is None:
-            left_out[dataset] = why
+        done, why = task_status(tables, dataset, model)
+        if done is None:
+            status[dataset] = {"left": why}
             continue
-        tasks[dataset] = {
-            "@module": "matbench.task",
-            "@class": "MatbenchTask",
-            "benchmark_name": BENCHMARK,
-            "dataset_name": dataset,
-            "results": status["results"],
-        }
-        end_times.append(status["end_time"])
-        commits.update(tables.get(dataset, model).git_commits)
-    if not tasks:
-        return None, [], left_out
-    label = tables.labels[model]
+        blocks[dataset] = task_block(dataset, done["results"])
+        status[dataset] = {"end_time": done["end_time"]}
+    return blocks, status
+
+
+def file_blocks(path) -> dict[str, dict]:
+    """task -> its block, from a ``results.json.gz`` this module wrote."""
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return json.load(fh)["tasks"]
+
+
+def file_datestamp(path) -> float:
+    """A ``results.json.gz``'s datestamp as epoch milliseconds (the end of the latest run used)."""
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        stamp = json.load(fh)["datestamp"]
+    when = datetime.datetime.strptime(stamp, DATESTAMP_FMT).replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp() * 1000
+
+
+def assemble(model: str, label: str, blocks: dict[str, dict], end_times: list[float], commits: set[str]) -> bytes:
+    """The gzip bytes of one model's submission file made of ``blocks`` (task -> block)."""
     d = {
         "@module": "matbench.bench",
         "@class": "MatbenchBenchmark",
         "version": MATBENCH_VERSION,
-        "tasks": immutify(tasks),
+        "tasks": immutify(blocks),
         "user_metadata": immutify({
             "algorithm": label,
             "harness_model": model,
@@ -150,4 +164,15 @@ def submission(tables: SuiteTables, model: str) -> tuple[bytes | None, list[str]
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
         gz.write(raw)
-    return buf.getvalue(), sorted(tasks), left_out
+    return buf.getvalue()
+
+
+def submission(tables: SuiteTables, model: str) -> tuple[bytes | None, list[str], dict[str, str]]:
+    """(gzip bytes or None, tasks included, {task left out: why}) from the store."""
+    blocks, status = store_blocks(tables, model)
+    left_out = {d: s["left"] for d, s in status.items() if "left" in s}
+    if not blocks:
+        return None, [], left_out
+    commits = {c for d in blocks for c in tables.get(d, model).git_commits}
+    blob = assemble(model, tables.labels[model], blocks, [status[d]["end_time"] for d in blocks], commits)
+    return blob, sorted(blocks), left_out

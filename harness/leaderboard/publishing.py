@@ -1,56 +1,42 @@
-"""Publishing generated pages into the committed ``leaderboards/``, one suite at a time.
+"""Publishing generated pages into the committed ``leaderboards/``, one dataset at a time.
 
-A suite's committed pages are replaced by a fresh store's pages only when nothing on them would
-be lost: every measured (dataset, model) number they show must be in the new pages too, over at
-least as many folds or seeds (read from the ``<suite>/results.csv`` exports, which carry every
-number of the tables). The rule is per suite, so that a store that starts empty (a new machine)
-can publish a suite it has caught up on while another suite's committed pages, from an earlier
-store, stay as they are. README.md is then composed from every published suite's
-``<suite>/index.json`` (its rows of the index and budget tables).
+A dataset's committed pages are replaced by a fresh store's only when nothing on them would be
+lost: every measured (model) number they show must be in the new pages too, over at least as
+many folds or seeds (read from the datasets' records, ``<suite>/<dataset>/record.json``). The
+rule is per dataset, so that a store that starts empty (a leaderboard job on a new machine)
+publishes each dataset it has caught up on, while the other datasets' pages, from an earlier
+store, stay as they are. The suite page, its CSV exports and Matbench submission files are then
+composed from the records of the datasets it shows (``harness.leaderboard.records``), and
+README.md from every suite's ``<suite>/index.json``.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import pandas as pd
-
-from harness.leaderboard.build import compose_readme, entry_bytes, publish
-from harness.leaderboard.render import entry_from_readme
-
-KEY = ["suite", "dataset", "model"]
+from harness.leaderboard import matbench_export, records
+from harness.leaderboard.build import compose_readme, composed_files, publish
+from harness.leaderboard.render import slug
+from harness.leaderboard.tables import finite
 
 
-def measured_results(pages: Path) -> pd.DataFrame:
-    """The measured rows (a finite test MAE) of every ``<suite>/results.csv`` under ``pages``."""
-    frames = [pd.read_csv(path, dtype={"dataset": str, "model": str})
-              for path in sorted(Path(pages).glob("*/results.csv"))]
-    if not frames:
-        return pd.DataFrame(columns=KEY + ["label", "mae", "n", "kind"])
-    rows = pd.concat(frames, ignore_index=True)
-    return rows[(rows["kind"] == "measured") & rows["mae"].map(lambda v: math.isfinite(float(v)))]
-
-
-def missing_by_suite(published: Path, new: Path) -> dict[str, list[str]]:
-    """Per suite of ``published``: the measured results that ``new`` lacks (or holds over fewer
-    folds/seeds), as ``suite / dataset / model (why)``; a suite ``new`` covers maps to []."""
-    old, fresh = measured_results(published), measured_results(new).set_index(KEY)
-    missing: dict[str, list[str]] = {}
-    for _, row in old.iterrows():
-        key = tuple(row[k] for k in KEY)
-        lacking = missing.setdefault(key[0], [])
-        where = f"{key[0]} / {key[1]} / {row['label']}"
-        if key not in fresh.index:
-            lacking.append(f"{where} (no result)")
-        elif float(fresh.loc[key, "n"]) < float(row["n"]):
-            lacking.append(f"{where} ({fresh.loc[key, 'n']:g} folds/seeds, published {row['n']:g})")
-    return missing
-
-
-def missing_results(published: Path, new: Path) -> list[str]:
-    """Every suite's lacking results (see :func:`missing_by_suite`); empty when ``new`` covers all."""
-    return [m for lacking in missing_by_suite(published, new).values() for m in lacking]
+def lacking(old: dict | None, new: dict) -> list[str]:
+    """The measured results of the ``old`` record (a dataset's) that ``new`` lacks or holds over
+    fewer folds/seeds, as ``suite / dataset / model (why)``."""
+    if old is None:
+        return []
+    fresh = {r["model"]: r for r in new["results"]}
+    out = []
+    for r in old["results"]:
+        if not finite(r["value"]):
+            continue
+        where = f"{old['suite']} / {old['dataset']} / {r['label']}"
+        mine = fresh.get(r["model"])
+        if mine is None or not finite(mine["value"]):
+            out.append(f"{where} (no result)")
+        elif mine["n_units"] < r["n_units"]:
+            out.append(f"{where} ({mine['n_units']} folds/seeds, published {r['n_units']})")
+    return out
 
 
 def suites_in_pages(pages: Path) -> list[str]:
@@ -58,27 +44,65 @@ def suites_in_pages(pages: Path) -> list[str]:
     return sorted(p.stem for p in Path(pages).glob("*.md") if p.name != "README.md" and (p.parent / p.stem).is_dir())
 
 
-def publish_suites(published: Path, new: Path, apply: bool) -> tuple[list[str], dict[str, list[str]]]:
-    """(the suites of ``new`` that cover their published pages, {suite: what it lacks} for the
-    others). With ``apply`` the covering suites' pages replace the published ones (files of such a
-    suite that the new pages lack are removed) and README.md is composed again; the others stay."""
+def missing_by_suite(published: Path, new: Path) -> dict[str, list[str]]:
+    """Per suite of ``published``: the measured results that ``new`` lacks (or holds over fewer
+    folds/seeds) on the datasets ``new`` shows, as ``suite / dataset / model (why)``."""
+    out: dict[str, list[str]] = {}
+    for suite in suites_in_pages(published):
+        old = records.read_records(published, suite)
+        fresh = records.read_records(new, suite) if (Path(new) / suite).is_dir() else {}
+        out[suite] = [m for d in sorted(old) for m in (lacking(old[d], fresh[d]) if d in fresh else [])]
+    return out
+
+
+def missing_results(published: Path, new: Path) -> list[str]:
+    """Every suite's lacking results (see :func:`missing_by_suite`); empty when ``new`` covers all it shows."""
+    return [m for lacking_ in missing_by_suite(published, new).values() for m in lacking_]
+
+
+def _dataset_files(folder: Path, suite: str, dataset: str, record: dict) -> dict[str, bytes]:
+    """One dataset's page, plots and record from ``folder`` (the record written if the folder's pages predate records)."""
+    base = Path(folder) / suite
+    files = {f"{suite}/{slug(dataset)}.md": (base / f"{slug(dataset)}.md").read_bytes()}
+    if (base / slug(dataset)).is_dir():
+        files.update({p.relative_to(folder).as_posix(): p.read_bytes()
+                      for p in sorted((base / slug(dataset)).rglob("*")) if p.is_file()})
+    files[f"{suite}/{slug(dataset)}/{records.RECORD}"] = records.record_bytes(record)
+    return files
+
+
+def publish_suites(published: Path, new: Path, apply: bool) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """({suite: its datasets whose new pages hold every published result}, {suite: what the
+    others lack}). With ``apply`` those datasets' pages replace the published ones, each suite
+    page is composed again from its datasets' records (the new ones and the published ones kept),
+    files of the suite that neither holds are removed, and README.md is composed again."""
     published, new = Path(published), Path(new)
-    missing = missing_by_suite(published, new)
-    covered, lacking = [], {}
+    taken: dict[str, list[str]] = {}
+    lacks: dict[str, list[str]] = {}
     for suite in suites_in_pages(new):
-        if missing.get(suite):
-            lacking[suite] = missing[suite]
-        else:
-            covered.append(suite)
-    if apply and covered:
-        for suite in covered:
-            files = {f"{suite}.md": (new / f"{suite}.md").read_bytes()}
-            files.update({path.relative_to(new).as_posix(): path.read_bytes()
-                          for path in sorted((new / suite).rglob("*")) if path.is_file()})
-            if f"{suite}/index.json" not in files:  # pages written before index.json existed
-                entry = entry_from_readme((new / "README.md").read_text(encoding="utf-8"), suite)
-                if entry is not None:
-                    files[f"{suite}/index.json"] = entry_bytes(entry)
-            publish(published, files, managed_dirs=[suite])
+        old = records.read_records(published, suite) if (published / suite).is_dir() else {}
+        fresh = records.read_records(new, suite)
+        source: dict[str, Path] = {d: published for d in old}
+        for d in sorted(fresh):
+            missing = lacking(old.get(d), fresh[d])
+            if missing:
+                lacks.setdefault(suite, []).extend(missing)
+            else:
+                source[d] = new
+        taken[suite] = [d for d in sorted(source) if source[d] == new]
+        if not apply or not taken[suite]:
+            continue
+        chosen = {d: (fresh if source[d] == new else old)[d] for d in source}
+        files: dict[str, bytes] = {}
+        for d, folder in source.items():
+            files.update(_dataset_files(folder, suite, d, chosen[d]))
+
+        def block_of(model: str, task: str) -> dict:
+            path = source[task] / suite / f"matbench_v0.1_{slug(model)}" / "results.json.gz"
+            return matbench_export.file_blocks(path)[task]
+
+        files.update(composed_files(suite, chosen, block_of))
+        publish(published, files, managed_dirs=[suite])
+    if apply and any(taken.values()):
         publish(published, {"README.md": compose_readme(published)}, managed_dirs=[])
-    return covered, lacking
+    return {s: d for s, d in taken.items() if d}, lacks

@@ -272,8 +272,8 @@ def _budget_table(t: SuiteTables) -> list[str]:
 
 
 def _summary_line(t: SuiteTables) -> str:
-    f = t.data.finals
-    sweeps = sorted(set(t.data.pairs["sweep_id"]))
+    f = t.fits
+    sweeps = sorted({r.sweep_id for r in t.results.values()})
     n_ok = int((f["state"] == OK).sum()) if not f.empty else 0
     return (f"Generated from MLflow only: {len(f)} final fits ({n_ok} with a test MAE) of "
             f"{len(t.models)} model{'s' if len(t.models) != 1 else ''} on {len(t.datasets)} "
@@ -282,8 +282,7 @@ def _summary_line(t: SuiteTables) -> str:
 
 
 def last_end(t: SuiteTables) -> float:
-    times = [x for frame in (t.data.finals, t.data.searches, t.data.trials) if not frame.empty
-             for x in frame["end_time"] if finite(x)]
+    times = [x for x in t.ends.values() if finite(x)]
     return max(times) if times else math.nan
 
 
@@ -527,22 +526,7 @@ def results_frame(t: SuiteTables) -> pd.DataFrame:
 
 
 def fits_frame(t: SuiteTables) -> pd.DataFrame:
-    rows = []
-    for _, run in t.data.finals.iterrows():
-        mx = run["metrics"]
-        rows.append({
-            "suite": t.data.suite, "dataset": run["dataset"], "model": run["model"], "label": t.labels[run["model"]],
-            "split": run["split"], "seed": run["seed"], "status": run["status"], "state": run["state"],
-            **{k: mx.get(k, math.nan) for k in ("test_mae", "test_rmse", "test_r2", "train_mae", "train_rmse",
-                                                 "train_r2", "val_mae", "val_rmse", "val_r2", "n_params",
-                                                 "epochs_run", "fit_seconds")},
-            "has_test_predictions": run["run_id"] in t.data.predictions,
-            "has_train_predictions": run["run_id"] in t.data.train_predictions,
-            "hyperparameters": ";".join(f"{k}={v}" for k, v in params_of(run["params"]).items()),
-            "hardware": run["hardware"], "sweep_id": run["sweep_id"], "git_commit": run["git_commit"],
-            "run_id": run["run_id"],
-        })
-    return pd.DataFrame(rows)
+    return t.fits
 
 
 def significance_frame(t: SuiteTables) -> pd.DataFrame:
@@ -580,40 +564,6 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
 
 
 # ----------------------------------------------------------------------------- README
-def sweep_command(searches: pd.DataFrame) -> str:
-    """The ``harness sweep`` command line that reproduces one sweep's plan (from its search runs)."""
-    first = searches.iloc[0]
-    p = first["params"]
-    models = sorted(set(searches["model"]))
-    files = searches[searches["dataset_options"] != ""] if "dataset_options" in searches else searches.iloc[:0]
-    datasets = sorted(set(searches["dataset"]) - set(files["dataset"]), key=str.lower)
-    parts = ["harness sweep", f"--models {','.join(models)}"]
-    parts += [f"--datasets {','.join(datasets)}"] if datasets else []
-    parts += sorted(set(files["dataset_options"]))  # a user's file: the options that loaded it
-    parts += [f"--num-samples {p.get('num_samples', first['num_samples'])}",
-              f"--max-epochs {p.get('max_epochs', first['max_epochs'])}"]
-    for key, flag in (("final_seeds", "--final-seeds"), ("sampler", "--sampler"), ("seed", "--seed"),
-                      ("grace_period", "--grace-period"), ("reduction_factor", "--reduction-factor"),
-                      ("cpus_per_trial", "--cpus-per-trial"), ("gpus_per_trial", "--gpus-per-trial")):
-        if key in p:
-            parts.append(f"{flag} {p[key]}")
-    for key, flag in (("graph_k", "--neighbours"), ("graph_mode", "--graph-mode"), ("graph_cutoff", "--cutoff")):
-        if key in p:  # given to the sweep (absent: each graph kind's default)
-            parts.append(f"{flag} {p[key]}")
-    if p.get("precision", "fp32") != "fp32":  # fp32, the default, is left out (and absent from older runs)
-        parts.append(f"--precision {p['precision']}")
-    folds = sorted({int(s[4:]) for s in searches["split"] if s.startswith("fold") and s[4:].isdigit()})
-    if folds and len(folds) < 5:
-        parts.append(f"--folds {','.join(map(str, folds))}")
-    subs = sorted({s for s in searches["subsample"] if s})
-    if subs:
-        parts.append(f"--subsample {subs[0]}")
-    # rows were dropped as invalid: without the flag the same command stops at them
-    if any(d not in ("", "0") for d in searches["data_dropped"]) and "--drop-invalid" not in " ".join(parts):
-        parts.append("--drop-invalid")
-    return " ".join(parts)
-
-
 def readme_entry(t: SuiteTables) -> dict:
     """One suite's rows of README.md's two tables (the index, and the budget per sweep), as cells.
 
@@ -621,7 +571,7 @@ def readme_entry(t: SuiteTables) -> dict:
     from the suites present in a folder, each from its own store (scripts/publish_leaderboard.py
     replaces one suite's pages without the other's store)."""
     suite = t.data.suite
-    f = t.data.finals
+    f = t.fits
     n_ok = int((f["state"] == OK).sum()) if not f.empty else 0
     totals = [model_totals(t, m) for m in t.models]
     cpu = sum(x for tot in totals for x in (tot["search_cpu_h"], tot["final_cpu_h"]) if finite(x))
@@ -632,15 +582,12 @@ def readme_entry(t: SuiteTables) -> dict:
              f"{n_ok} of {len(f)}", str(trials), f"{cpu:.3g} / {gpu:.3g}", "; ".join(hardware) or "n/a",
              ", ".join(f"`{short_commit(c)}`" for c in commits_of(t)) or "unknown", date_of(last_end(t))]
     budget = []
-    s = t.data.searches
-    for sweep, group in ([] if s.empty else s.groupby("sweep_id", sort=True)):
-        finals = f[f["sweep_id"] == sweep]
-        p = group.iloc[0]["params"]
-        budget.append([suite, f"`{sweep}`", str(group["dataset"].nunique()), str(group["model"].nunique()),
-                       str(len(group)), str(p.get("num_samples", "n/a")), str(p.get("max_epochs", "n/a")),
-                       str(p.get("final_seeds", "n/a")), f"{len(finals)}",
-                       sorted({x for x in group["subsample"] if x})[0] if any(group["subsample"]) else "all rows",
-                       f"`{sweep_command(group)}`"])
+    for sweep, b in sorted(t.sweeps.items()):
+        per = b["datasets"].values()
+        budget.append([suite, f"`{sweep}`", str(sum(1 for d in per if d["searches"])),
+                       str(len({m for d in per for m in d["models"]})),
+                       str(sum(d["searches"] for d in per)), b["num_samples"], b["max_epochs"], b["final_seeds"],
+                       str(sum(d["finals"] for d in per)), b["subsample"], f"`{b['command']}`"])
     return {"suite": suite, "index": index, "budget": budget}
 
 
@@ -669,9 +616,11 @@ def render_readme(entries: list[dict]) -> str:
     entries = sorted(entries, key=lambda e: e["suite"])
     lines = ["# Leaderboards", "",
              "Generated by `harness leaderboard` from the MLflow store of the sweeps (the only source of "
-             "truth); never edited by hand. Each suite's pages come from one store, and regenerating them "
-             "from it gives the same bytes; this index lists the suites in this folder (each suite's rows "
-             "are in `<suite>/index.json`).", ""]
+             "truth); never edited by hand. Each dataset's pages come from one store, and regenerating them "
+             "from it gives the same bytes; a suite page is composed from its datasets' records "
+             "(`<suite>/<dataset>/record.json`), so its datasets may come from different stores, each "
+             "naming its sweeps. This index lists the suites in this folder (each suite's rows are in "
+             "`<suite>/index.json`).", ""]
     lines += ["## Index", ""]
     if entries:
         lines += table(["suite", "datasets", "models", "final fits with a test MAE", "trials",

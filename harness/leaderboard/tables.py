@@ -383,6 +383,13 @@ class SuiteTables:
     notes: dict[str, list[str]]  # dataset -> protocol differences
     info: dict[str, dict]  # dataset -> unit, target, split scheme, rows, sha
     average_rank: dict[str, tuple[float, int]]
+    # What the suite page, index and exports need beyond the per-pair results (kept per dataset in
+    # the records the suite page is composed from; see harness.leaderboard.records)
+    fits: pd.DataFrame = field(default_factory=pd.DataFrame)  # fits.csv: one row per final fit
+    sweeps: dict[str, dict] = field(default_factory=dict)  # sweep id -> its budget, per dataset
+    ends: dict[str, float] = field(default_factory=dict)  # dataset -> end of its last run (ms)
+    # (dataset, model) -> {"end_time": ms} (its task is in the Matbench submission) or {"left": why}
+    submissions: dict[tuple[str, str], dict] = field(default_factory=dict)
 
     @property
     def datasets(self) -> list[str]:
@@ -557,13 +564,7 @@ def build_tables(data: SuiteData, reference: pd.DataFrame) -> SuiteTables:
         # other test sets): its cell says so, and it is neither ranked, bolded, nor one of the "best
         # two" (a 3-fold gradient boosting was ranked first above a 5-fold RF on expt_gap).
         k = n_folds_of(info[dataset]["split_scheme"])
-        coverage = max((len(r.ok_splits) for r in here if r.has_value), default=0)
-        for r in here:
-            if r.has_value and k and len(r.ok_splits) < coverage:
-                r.flags.append(f"{len(r.ok_splits)} of {k} folds: "
-                               + ", ".join(str(fold_number(s)) for s in r.ok_splits) + "; not ranked")
-        valued = sorted([r for r in here if r.has_value and not (k and len(r.ok_splits) < coverage)],
-                        key=lambda r: (r.value, r.label.lower()))
+        valued = flag_partial_folds(here, k)
         if valued:
             ranks = rankdata([r.value for r in valued], method="average")
             for r, rank in zip(valued, ranks):
@@ -573,11 +574,79 @@ def build_tables(data: SuiteData, reference: pd.DataFrame) -> SuiteTables:
         sigs[dataset] = significance(data, dataset, valued)
         notes[dataset] = protocol_notes(data.suite, dataset, info[dataset], here,
                                         published[published["dataset"] == dataset])
-    average_rank = {}
-    for model in data.models:
+    ends = {}
+    for dataset in data.datasets:
+        times = [x for frame in (data.finals, data.searches, data.trials) if not frame.empty
+                 for x in frame[frame["dataset"] == dataset]["end_time"] if finite(x)]
+        ends[dataset] = float(max(times)) if times else math.nan
+    return SuiteTables(data, results, mads, n_test, sigs, published, notes, info, average_ranks(data.models, results),
+                       fits=fits_rows(data), sweeps=sweep_budgets(data), ends=ends)
+
+
+def flag_partial_folds(here: list[PairResult], k: int | None) -> list[PairResult]:
+    """Flag the dataset's results over fewer folds than another's; return the rankable ones, best first.
+
+    A model with results on fewer folds than another is not on equal terms (its MAE is over
+    other test sets): its cell says so, and it is neither ranked, bolded, nor one of the "best
+    two" (a 3-fold gradient boosting was ranked first above a 5-fold RF on expt_gap)."""
+    coverage = max((len(r.ok_splits) for r in here if r.has_value), default=0)
+    for r in here:
+        if r.has_value and k and len(r.ok_splits) < coverage:
+            r.flags.append(f"{len(r.ok_splits)} of {k} folds: "
+                           + ", ".join(str(fold_number(s)) for s in r.ok_splits) + "; not ranked")
+    return sorted([r for r in here if r.has_value and not (k and len(r.ok_splits) < coverage)],
+                  key=lambda r: (r.value, r.label.lower()))
+
+
+def average_ranks(models: list[str], results: dict[tuple[str, str], PairResult]) -> dict[str, tuple[float, int]]:
+    """model -> (mean rank over the datasets where it is ranked, how many)."""
+    out = {}
+    for model in models:
         ranks = [r.rank for (d, m), r in results.items() if m == model and finite(r.rank)]
-        average_rank[model] = (float(np.mean(ranks)) if ranks else math.nan, len(ranks))
-    return SuiteTables(data, results, mads, n_test, sigs, published, notes, info, average_rank)
+        out[model] = (float(np.mean(ranks)) if ranks else math.nan, len(ranks))
+    return out
+
+
+FIT_METRICS = ("test_mae", "test_rmse", "test_r2", "train_mae", "train_rmse", "train_r2", "val_mae", "val_rmse",
+               "val_r2", "n_params", "epochs_run", "fit_seconds")
+
+
+def fits_rows(data: SuiteData) -> pd.DataFrame:
+    """fits.csv: one row per final fit (status, metrics, hyperparameters, run id)."""
+    rows = []
+    for _, run in data.finals.iterrows():
+        mx = run["metrics"]
+        rows.append({
+            "suite": data.suite, "dataset": run["dataset"], "model": run["model"], "label": data.labels[run["model"]],
+            "split": run["split"], "seed": run["seed"], "status": run["status"], "state": run["state"],
+            **{k: mx.get(k, math.nan) for k in FIT_METRICS},
+            "has_test_predictions": run["run_id"] in data.predictions,
+            "has_train_predictions": run["run_id"] in data.train_predictions,
+            "hyperparameters": ";".join(f"{k}={v}" for k, v in params_of(run["params"]).items()),
+            "hardware": run["hardware"], "sweep_id": run["sweep_id"], "git_commit": run["git_commit"],
+            "run_id": run["run_id"],
+        })
+    return pd.DataFrame(rows)
+
+
+def sweep_budgets(data: SuiteData) -> dict[str, dict]:
+    """sweep id -> its budget (README's budget table) with, per dataset, its models, searches, final fits."""
+    s, f = data.searches, data.finals
+    out = {}
+    for sweep, group in ([] if s.empty else s.groupby("sweep_id", sort=True)):
+        p = group.iloc[0]["params"]
+        datasets = {}
+        mine = f[f["sweep_id"] == sweep] if not f.empty else f
+        # a final run whose search run is gone still counts among the sweep's final fits
+        for dataset in sorted(set(group["dataset"]) | (set(mine["dataset"]) if not mine.empty else set())):
+            rows = group[group["dataset"] == dataset]
+            finals = 0 if mine.empty else int((mine["dataset"] == dataset).sum())
+            datasets[dataset] = {"models": sorted(set(rows["model"])), "searches": len(rows), "finals": finals}
+        out[sweep] = {"num_samples": str(p.get("num_samples", "n/a")), "max_epochs": str(p.get("max_epochs", "n/a")),
+                      "final_seeds": str(p.get("final_seeds", "n/a")),
+                      "subsample": sorted({x for x in group["subsample"] if x})[0] if any(group["subsample"]) else "all rows",
+                      "command": sweep_command(group), "datasets": datasets}
+    return out
 
 
 def params_of(run_params: dict) -> dict:
@@ -591,3 +660,37 @@ def params_of(run_params: dict) -> dict:
             except (TypeError, ValueError):
                 out[key] = text
     return out
+
+
+def sweep_command(searches: pd.DataFrame) -> str:
+    """The ``harness sweep`` command line that reproduces one sweep's plan (from its search runs)."""
+    first = searches.iloc[0]
+    p = first["params"]
+    models = sorted(set(searches["model"]))
+    files = searches[searches["dataset_options"] != ""] if "dataset_options" in searches else searches.iloc[:0]
+    datasets = sorted(set(searches["dataset"]) - set(files["dataset"]), key=str.lower)
+    parts = ["harness sweep", f"--models {','.join(models)}"]
+    parts += [f"--datasets {','.join(datasets)}"] if datasets else []
+    parts += sorted(set(files["dataset_options"]))  # a user's file: the options that loaded it
+    parts += [f"--num-samples {p.get('num_samples', first['num_samples'])}",
+              f"--max-epochs {p.get('max_epochs', first['max_epochs'])}"]
+    for key, flag in (("final_seeds", "--final-seeds"), ("sampler", "--sampler"), ("seed", "--seed"),
+                      ("grace_period", "--grace-period"), ("reduction_factor", "--reduction-factor"),
+                      ("cpus_per_trial", "--cpus-per-trial"), ("gpus_per_trial", "--gpus-per-trial")):
+        if key in p:
+            parts.append(f"{flag} {p[key]}")
+    for key, flag in (("graph_k", "--neighbours"), ("graph_mode", "--graph-mode"), ("graph_cutoff", "--cutoff")):
+        if key in p:  # given to the sweep (absent: each graph kind's default)
+            parts.append(f"{flag} {p[key]}")
+    if p.get("precision", "fp32") != "fp32":  # fp32, the default, is left out (and absent from older runs)
+        parts.append(f"--precision {p['precision']}")
+    folds = sorted({int(s[4:]) for s in searches["split"] if s.startswith("fold") and s[4:].isdigit()})
+    if folds and len(folds) < 5:
+        parts.append(f"--folds {','.join(map(str, folds))}")
+    subs = sorted({s for s in searches["subsample"] if s})
+    if subs:
+        parts.append(f"--subsample {subs[0]}")
+    # rows were dropped as invalid: without the flag the same command stops at them
+    if any(d not in ("", "0") for d in searches["data_dropped"]) and "--drop-invalid" not in " ".join(parts):
+        parts.append("--drop-invalid")
+    return " ".join(parts)
