@@ -12,12 +12,28 @@ README.md from every suite's ``<suite>/index.json``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import pandas as pd
 
 from harness.leaderboard import matbench_export, records
 from harness.leaderboard.build import compose_readme, composed_files, publish
 from harness.leaderboard.render import slug
 from harness.leaderboard.tables import finite
+
+
+KEY = ["suite", "dataset", "model"]
+
+
+def measured_results(pages: Path) -> pd.DataFrame:
+    """The measured rows (a finite test MAE) of every ``<suite>/results.csv`` under ``pages``."""
+    frames = [pd.read_csv(path, dtype={"dataset": str, "model": str})
+              for path in sorted(Path(pages).glob("*/results.csv"))]
+    if not frames:
+        return pd.DataFrame(columns=KEY + ["label", "mae", "n", "kind"])
+    rows = pd.concat(frames, ignore_index=True)
+    return rows[(rows["kind"] == "measured") & rows["mae"].map(lambda v: math.isfinite(float(v)))]
 
 
 def lacking(old: dict | None, new: dict) -> list[str]:
