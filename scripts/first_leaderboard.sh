@@ -19,10 +19,11 @@
 # pages are regenerated after every stage, so a partial leaderboard is always current (missing
 # results show as missing, never as numbers). They go beside the store ($LEADERBOARD_RUNS/pages),
 # not into the committed leaderboards/: a store on a new machine starts empty, and its first
-# pages would replace committed ones made from a fuller store. After each stage each suite is
-# copied into leaderboards/ once its pages hold every result shown there, and README.md is composed
-# from the suites' index.json (scripts/publish_leaderboard.py; PUBLISH=0 to never copy;
-# LEADERBOARD_OUT=leaderboards writes there directly).
+# pages would replace committed ones made from a fuller store. After each stage each dataset is
+# copied into leaderboards/ once its pages hold every result shown there, its suite page is
+# composed again from the datasets' records, and README.md from the suites' index.json
+# (scripts/publish_leaderboard.py; PUBLISH=0 to never copy; LEADERBOARD_OUT=leaderboards writes
+# there directly, replacing whole suites: only for a store that holds every dataset they show).
 # Progress: `harness status ~/.cache/harness/leaderboard-runs` (one row per stage started so far).
 # On a GPU the same stages run much faster: pass GPUS_PER_TRIAL=0.25 (four trials per GPU), and
 # PRECISION=bf16 (on a CPU with AMX the attention and line-graph models train 1.5-3x faster).

@@ -696,6 +696,14 @@ def test_a_suite_page_is_composed_from_datasets_of_different_stores(matbench_sto
     (published / "matbench" / "matbench_steels" / "record.json").unlink()  # as committed before records
     other = synthetic_matbench_store(tmp_path / "b", tmp_path / "b_out", "matbench_expt_gap",
                                      (("crabnet", "CrabNet", range(5), 0.5),), "20260202-000000-bcdefa")
+    # the same pages before any fit had a test MAE: a dataset new to the pages waits for a result
+    unmeasured = tmp_path / "unmeasured"
+    shutil.copytree(other["out"], unmeasured)
+    _edit_record(unmeasured, "matbench", "matbench_expt_gap",
+                 lambda record: [r.update(value=None) for r in record["results"]])
+    before = tree_bytes(published)
+    assert publish_suites(published, unmeasured, apply=True) == ({}, {})
+    assert tree_bytes(published) == before
     taken, lacking = publish_suites(published, other["out"], apply=True)
     assert (taken, lacking) == ({"matbench": ["matbench_expt_gap"]}, {})
 

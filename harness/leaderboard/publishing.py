@@ -89,7 +89,8 @@ def _dataset_files(folder: Path, suite: str, dataset: str, record: dict) -> dict
 
 def publish_suites(published: Path, new: Path, apply: bool) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """({suite: its datasets whose new pages hold every published result}, {suite: what the
-    others lack}). With ``apply`` those datasets' pages replace the published ones, each suite
+    others lack}). A dataset the published pages do not show is taken once it has a measured
+    result (a store whose first searches are still running publishes no empty row). With ``apply`` those datasets' pages replace the published ones, each suite
     page is composed again from its datasets' records (the new ones and the published ones kept),
     files of the suite that neither holds are removed, and README.md is composed again."""
     published, new = Path(published), Path(new)
@@ -103,8 +104,8 @@ def publish_suites(published: Path, new: Path, apply: bool) -> tuple[dict[str, l
             missing = lacking(old.get(d), fresh[d])
             if missing:
                 lacks.setdefault(suite, []).extend(missing)
-            else:
-                source[d] = new
+            elif d in old or any(finite(r["value"]) for r in fresh[d]["results"]):
+                source[d] = new  # (a dataset new to the pages: once it has a measured result)
         taken[suite] = [d for d in sorted(source) if source[d] == new]
         if not apply or not taken[suite]:
             continue
