@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.leaderboard import matbench_export
+from harness.leaderboard.render import _row_cells, cell_text, entry_from_readme, slug
 from harness.leaderboard.store import OK, SuiteData
 from harness.leaderboard.tables import (
     FIT_METRICS,
@@ -47,10 +48,6 @@ RECORD = "record.json"
 FORMAT = 1
 _FLOAT_FIELDS = {f.name for f in dataclasses.fields(PairResult) if f.type == "float"}
 _SIG_FLOATS = ("statistic", "p_value")
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def record_path(folder: Path, suite: str, dataset: str) -> Path:
@@ -173,8 +170,6 @@ def read_records(folder: Path, suite: str) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- legacy pages
 def _table_rows(markdown: str, first_header: str) -> list[list[str]]:
     """The body rows (cells, unescaped) of the first markdown table whose header starts with ``first_header``."""
-    from harness.leaderboard.render import _row_cells
-
     lines = markdown.splitlines()
     for i, line in enumerate(lines):
         if line.startswith("| ") and _row_cells(line)[:len(first_header)] == first_header:
@@ -338,8 +333,6 @@ def legacy_records(folder: Path, suite: str, datasets: list[str] | None = None) 
     if index_path.is_file():
         entry = json.loads(index_path.read_text(encoding="utf-8"))
     else:
-        from harness.leaderboard.render import entry_from_readme
-
         entry = entry_from_readme((folder / "README.md").read_text(encoding="utf-8"), suite) or {}
     end = _date_ms(entry["index"][-1]) if entry.get("index") else math.nan
     notes, refs = _footnotes(page), {}
@@ -359,8 +352,6 @@ def legacy_records(folder: Path, suite: str, datasets: list[str] | None = None) 
         scheme = _split_scheme(base / f"{slug(dataset)}.md")
         here = [_legacy_result(row, mine, trials_shown.get((dataset, row["label"]), "")) for row in rows.to_dict("records")]
         flag_partial_folds(here, n_folds_of(scheme))
-        from harness.leaderboard.render import cell_text
-
         for r in here:
             shown = pooled_cells.get((dataset, r.label))
             if shown is not None and not finite(r.pooled) and shown != cell_text(r):
