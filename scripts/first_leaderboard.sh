@@ -7,6 +7,7 @@
 #   bash scripts/first_leaderboard.sh            # start, or continue where it stopped
 #   STAGES="classical fc" bash scripts/first_leaderboard.sh   # only some stages
 #   PLAN_ONLY=1 bash scripts/first_leaderboard.sh                # list the stages and their state; run nothing
+#   PUBLISH_ONLY=1 bash scripts/first_leaderboard.sh             # write the pages and publish them; run nothing
 #   RETRY_FAILED=1 bash scripts/first_leaderboard.sh  # also rerun the searches that gave no test MAE (see below)
 #   SETS=large GPUS_PER_TRIAL=0.25 bash scripts/first_leaderboard.sh   # on GPUs: the larger sets too
 #
@@ -19,11 +20,14 @@
 # pages are regenerated after every stage, so a partial leaderboard is always current (missing
 # results show as missing, never as numbers). They go beside the store ($LEADERBOARD_RUNS/pages),
 # not into the committed leaderboards/: a store on a new machine starts empty, and its first
-# pages would replace committed ones made from a fuller store. After each stage each dataset is
-# copied into leaderboards/ once its pages hold every result shown there, its suite page is
-# composed again from the datasets' records, and README.md from the suites' index.json
-# (scripts/publish_leaderboard.py; PUBLISH=0 to never copy; LEADERBOARD_OUT=leaderboards writes
-# there directly, replacing whole suites: only for a store that holds every dataset they show).
+# pages would replace committed ones made from a fuller store. After each stage they are published
+# into leaderboards/ model by model (a model the new pages hold on as many folds as the committed
+# ones, or that is new, replaces or joins it; the dataset's page is computed again from the run
+# data of both), each suite page composed again from the datasets' records, and README.md from the
+# suites' index.json (scripts/publish_leaderboard.py; PUBLISH=0 to never copy;
+# LEADERBOARD_OUT=leaderboards writes there directly, replacing whole suites: only for a store that
+# holds every dataset they show). PUBLISH_ONLY=1 writes the pages and publishes them now, running
+# nothing (e.g. before a machine goes away: the models a running stage has finished on every fold).
 # Progress: `harness status ~/.cache/harness/leaderboard-runs` (one row per stage started so far).
 # On a GPU the same stages run much faster: pass GPUS_PER_TRIAL=0.25 (four trials per GPU), and
 # PRECISION=bf16 (on a CPU with AMX the attention and line-graph models train 1.5-3x faster).
@@ -99,8 +103,12 @@ CLASSICAL_LARGE=rf,linear,ridge,elasticnet,adaboost,decision_tree,gradient_boost
 # another: pages are published per dataset (scripts/publish_leaderboard.py), and a dataset whose
 # new pages hold every result its committed pages show replaces them, whatever the other datasets'
 # state. Then matbench_phonons (structure models; ALIGNN and Crysformer dominate the whole job's
-# cost), then the crabnet28 stages. A stage whose datasets leaderboards/ already shows complete
-# (every model of every stage on them, all folds, no failed fit) is skipped: SKIP_PUBLISHED=0 runs it.
+# cost), then the crabnet28 stages. A stage that has not started runs only the models leaderboards/
+# still lacks on its datasets (a result on every fold, no failed fit): where the committed pages
+# hold a dataset's run data, models are published one by one, so the others are skipped; pages
+# without run data are replaced only as a whole, so there every model runs unless the dataset is
+# complete (every model of every stage). A stage with nothing to run is skipped. SKIP_PUBLISHED=0
+# runs every model of every stage.
 PLAN=()
 for entry in steels:matbench_steels jdft2d:matbench_jdft2d expt-gap:matbench_expt_gap dielectric:matbench_dielectric; do
   short=${entry%%:*} dataset=${entry#*:}
@@ -159,11 +167,17 @@ planned_models() {
   echo "${!seen[*]}"
 }
 
-# Does leaderboards/ (PUBLISHED_DIR) already show the datasets $1 complete? Then their stages are skipped.
+# Which of the models $2 must still run on the datasets $1 for leaderboards/ (PUBLISHED_DIR) to be
+# complete (see above); empty: none.
 PUBLISHED_DIR=${PUBLISHED_DIR:-leaderboards}
-published() {
-  [ "${SKIP_PUBLISHED:-1}" = 1 ] && [ -d "$PUBLISHED_DIR" ] || return 1
-  python scripts/publish_leaderboard.py --published "$PUBLISHED_DIR" --incomplete "$1" --models "$(planned_models "$1")" >/dev/null 2>&1
+to_run() {
+  if [ "${SKIP_PUBLISHED:-1}" != 1 ] || [ ! -d "$PUBLISHED_DIR" ]; then
+    echo "$2"
+    return
+  fi
+  # a check that fails (unreadable pages) runs every model rather than skip any
+  python scripts/publish_leaderboard.py --published "$PUBLISHED_DIR" --to-run "$1" --models "$2" \
+    --planned "$(planned_models "$1")" 2>/dev/null || echo "$2"
 }
 
 wanted() {  # is stage $1 selected by a word of $STAGES (a prefix: "fc" selects fc-extended and fc-matbench)?
@@ -181,9 +195,24 @@ if [ "${PLAN_ONLY:-0}" = 1 ]; then
     state=new
     [ -f "$ROOT/$name/sweep.json" ] && state=started
     [ -f "$ROOT/$name/$DONE_FILE" ] && state="finished $(cat "$ROOT/$name/$DONE_FILE")"
-    [ "$state" = new ] && published "$datasets" && state=published
+    if [ "$state" = new ]; then
+      todo=$(to_run "$datasets" "$models")
+      if [ -z "$todo" ]; then state=published; elif [ "$todo" != "$models" ]; then state="new, published but $todo"; fi
+    fi
     echo "$name | $state | $models | $datasets | $seeds final seed(s) | $precision"
   done
+  exit 0
+fi
+
+publish_pages() {  # into leaderboards/ (see above); the copy is left for a person to commit
+  if [ "${PUBLISH:-1}" = 1 ] && ! [ "$OUT" -ef leaderboards ]; then
+    python scripts/publish_leaderboard.py "$OUT" --apply || true
+  fi
+}
+
+if [ "${PUBLISH_ONLY:-0}" = 1 ]; then
+  harness leaderboard --mlflow-uri "$MLFLOW_URI" --out "$OUT"
+  publish_pages
   exit 0
 fi
 
@@ -198,9 +227,16 @@ for entry in "${SELECTED[@]}"; do
     echo "== stage $name: finished $(cat "$workdir/$DONE_FILE"); skipped (rm $workdir/$DONE_FILE to resume it)"
     continue
   fi
-  if [ ! -f "$workdir/sweep.json" ] && published "$datasets"; then
-    echo "== stage $name: $PUBLISHED_DIR/ already shows $datasets complete; skipped (SKIP_PUBLISHED=0 runs it)"
-    continue
+  if [ ! -f "$workdir/sweep.json" ]; then
+    todo=$(to_run "$datasets" "$models")
+    if [ -z "$todo" ]; then
+      echo "== stage $name: $PUBLISHED_DIR/ already shows $models complete on $datasets; skipped (SKIP_PUBLISHED=0 runs it)"
+      continue
+    fi
+    if [ "$todo" != "$models" ]; then
+      echo "== stage $name: $PUBLISHED_DIR/ shows the others complete; running only $todo"
+      models=$todo
+    fi
   fi
   echo "== $(date '+%F %T') stage $name: $models on $datasets"
   if [ -f "$workdir/sweep.json" ]; then
@@ -214,10 +250,6 @@ for entry in "${SELECTED[@]}"; do
   fi
   harness leaderboard --mlflow-uri "$MLFLOW_URI" --out "$OUT"
   date '+%F %T' > "$workdir/$DONE_FILE"  # the sweep exited 0 (set -e): every search of the stage is done
-  # Into leaderboards/ once the new pages hold every result shown there (else it lists what they
-  # lack); PUBLISH=0 keeps leaderboards/ as it is. The copy is left for a person to commit.
-  if [ "${PUBLISH:-1}" = 1 ] && ! [ "$OUT" -ef leaderboards ]; then
-    python scripts/publish_leaderboard.py "$OUT" --apply || true
-  fi
+  publish_pages
 done
 echo "== $(date '+%F %T') done; pages in $OUT/"

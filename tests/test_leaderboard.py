@@ -747,6 +747,83 @@ def test_a_suite_page_is_composed_from_datasets_of_different_stores(matbench_sto
     assert tree_bytes(published) == before
 
 
+def _mean_errors(preds: dict, model: str) -> pd.Series:
+    """id -> |error| of the model's test predictions averaged over its seeds (a synthetic store's ``preds``)."""
+    frames = [frame.assign(err=(frame["prediction"] - frame["target"]).abs())
+              for (m, _, _), (frame, _) in preds.items() if m == model]
+    return pd.concat(frames).assign(id=lambda f: f["id"].astype(str)).groupby("id")["err"].mean()
+
+
+def test_a_dataset_takes_each_model_from_the_store_that_has_it_complete(matbench_store, tmp_path):
+    """Publishing per model where both pages hold the dataset's run data (runs.json.gz): the
+    published steels page (CrabNet on 5 folds, HotCrab on 4) takes HotCrab on 5 folds and a new
+    Roost from another store and keeps CrabNet. Each model shows its own store's numbers, ranks and
+    the paired test are computed again over the three (the best two come from different stores),
+    the submission files hold each model's own predictions, and publishing the same pages again
+    changes no byte."""
+    from harness.leaderboard import matbench_export, rundata
+    from harness.leaderboard.publishing import publish_suites
+    from harness.leaderboard.records import models_to_run
+
+    published = tmp_path / "published"
+    shutil.copytree(matbench_store["out"], published)
+    other = synthetic_matbench_store(tmp_path / "b", tmp_path / "b_out", "matbench_steels",
+                                     (("hotcrab", "HotCrab", range(5), 95.0), ("roost", "Roost", range(5), 130.0)),
+                                     "20260202-000000-bcdefa")
+    taken, lacking = publish_suites(published, other["out"], apply=True)
+    assert (taken, lacking) == ({"matbench": ["matbench_steels (hotcrab, roost; kept crabnet)"]}, {})
+
+    page = (published / "matbench" / "matbench_steels.md").read_text()
+    rows = parse_tables(page)["Results"][0]
+    assert [plain(r["model"]) for r in rows][:3] == ["CrabNet", "HotCrab", "Roost"]
+    assert [plain(r["rank"]) for r in rows][:3] == ["1", "2", "3"]
+    for label, source in (("CrabNet", matbench_store), ("HotCrab", other), ("Roost", other)):
+        own = (source["out"] / "matbench" / "matbench_steels.md").read_text()
+        before, now = row_of(parse_tables(own)["Results"][0], "model", label), row_of(rows, "model", label)
+        for column in ("test MAE", "pooled MAE", "mean ± std over folds", "fits with a test MAE"):
+            assert plain(now[column]) == plain(before[column]), (label, column)
+    # the paired test of the best two, CrabNet (first store) against HotCrab (second)
+    a, b = _mean_errors(matbench_store["preds"], "crabnet"), _mean_errors(other["preds"], "hotcrab")
+    common = a.index.intersection(b.index).sort_values()
+    expected = wilcoxon(a.loc[common].to_numpy(), b.loc[common].to_numpy())
+    record = json.loads((published / "matbench" / "matbench_steels" / "record.json").read_text())
+    sig = record["significance"]
+    assert (sig["best"], sig["second"], sig["n"]) == ("crabnet", "hotcrab", 312)
+    assert sig["p_value"] == pytest.approx(float(expected.pvalue), rel=1e-12)
+    assert f"p = {float(expected.pvalue):.2g}" in page
+    runs = rundata.load_runs_bytes((published / "matbench" / "matbench_steels" / rundata.RUNS).read_bytes())
+    sweeps = {(r["model"], r["sweep_id"]) for r in runs["finals"]}
+    assert sweeps == {("crabnet", "20260101-000000-abcdef"), ("hotcrab", "20260202-000000-bcdefa"),
+                      ("roost", "20260202-000000-bcdefa")}
+    for model, source in (("crabnet", matbench_store), ("hotcrab", other), ("roost", other)):
+        name = f"matbench/matbench_v0.1_{model}/results.json.gz"
+        assert matbench_export.file_blocks(published / name) == matbench_export.file_blocks(source["out"] / name)
+    before = tree_bytes(published)
+    assert publish_suites(published, other["out"], apply=True)[1] == {}
+    assert tree_bytes(published) == before
+    # a stage runs only what the published dataset still lacks
+    assert models_to_run(published, ["matbench_steels"], ["crabnet", "hotcrab", "roost", "lgdcnn"], []) == ["lgdcnn"]
+
+
+def test_a_stage_runs_every_model_where_pages_predate_run_data(tmp_path):
+    """Pages without run data are replaced only as a whole: a new store needs every planned model
+    of the dataset, so a stage's models all run unless the dataset is complete."""
+    from harness.leaderboard.records import models_to_run
+
+    published = tmp_path / "published"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "leaderboards", published)
+    for runs in published.glob("*/*/runs.json.gz"):
+        runs.unlink()
+    classical = ["rf", "linear", "ridge", "elasticnet", "svr", "adaboost", "decision_tree", "gradient_boosting"]
+    fc = ["irnet17", "irnet48", "srnet17", "plainnet17", "elemnet", "roost"]
+    attention = ["crabnet", "hotcrab", "lgdcnn", "lgdcnn_v1"]
+    planned = classical + fc + attention
+    assert models_to_run(published, ["matbench_steels"], classical, planned) == []  # complete
+    _edit_record(published, "matbench", "matbench_steels",
+                 lambda record: record.update(results=[r for r in record["results"] if r["model"] != "crabnet"]))
+    assert models_to_run(published, ["matbench_steels"], classical, planned) == classical
+
+
 def test_committed_pages_are_composed_again_from_their_records_byte_for_byte():
     """The committed leaderboards/ (records, or for pages written before records their exports
     and tables): composing each suite again gives its committed suite page, CSV exports,

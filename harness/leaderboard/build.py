@@ -7,6 +7,8 @@ pair (the latest with final runs; else the latest with a search). Output, for a 
     <out>/S.md                          the suite page
     <out>/S/<dataset>.md                one page per dataset
     <out>/S/<dataset>/*.png             its plots
+    <out>/S/<dataset>/record.json       what the suite page says of it (records.py)
+    <out>/S/<dataset>/runs.json.gz      the runs its pages are computed from (rundata.py)
     <out>/S/{results,fits,significance,models}.csv
     <out>/S/index.json                  the suite's rows of README.md's tables
     <out>/matbench/matbench_v0.1_<model>/results.json.gz   (suite matbench: submission files)
@@ -30,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.console import make_console, progress
-from harness.leaderboard import matbench_export, plots, records
+from harness.leaderboard import matbench_export, plots, records, rundata
 from harness.leaderboard.render import (
     csv_bytes,
     fits_frame,
@@ -69,6 +71,8 @@ def reference_results() -> pd.DataFrame:
 
 def suite_tables(tracking_uri: str, suite: str, with_artifacts: bool = True) -> SuiteTables:
     data: SuiteData = load_suite(tracking_uri, suite, with_artifacts=with_artifacts)
+    if with_artifacts:  # pages: made of what each dataset's run data keeps (rundata.py), as composed pages are
+        data = rundata.round_trip(data)
     return build_tables(data, reference_results())
 
 
@@ -104,6 +108,7 @@ def dataset_files(t: SuiteTables, dataset: str) -> dict[str, bytes]:
             made[key] = f"{slug(dataset)}/{key}.png"
     files[f"{base}.md"] = render_dataset(t, dataset, made, train_logged).encode("utf-8")
     files[f"{base}/{records.RECORD}"] = records.record_bytes(records.record_of(t, dataset))
+    files[f"{base}/{rundata.RUNS}"] = rundata.runs_bytes(rundata.runs_of(t.data, dataset))
     return files
 
 

@@ -181,7 +181,9 @@ def residuals(tables: SuiteTables, dataset: str) -> tuple[bytes | None, bool]:
         if not test:
             continue
         res_test = np.concatenate([(f["prediction"] - f["target"]).to_numpy(float) for f in test])
-        res_train = np.concatenate([(f["prediction"] - f["target"]).to_numpy(float) for f in train]) if train else None
+        # train predictions are kept as residuals in the pages' run data (rundata.py)
+        res_train = np.concatenate([(f["residual"] if "residual" in f else f["prediction"] - f["target"]).to_numpy(float)
+                                    for f in train]) if train else None
         any_train |= res_train is not None
         items.append((res, res_test, res_train))
     if not items:

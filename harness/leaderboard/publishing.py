@@ -1,23 +1,30 @@
-"""Publishing generated pages into the committed ``leaderboards/``, one dataset at a time.
+"""Publishing generated pages into the committed ``leaderboards/``, one dataset (or model) at a time.
 
-A dataset's committed pages are replaced by a fresh store's only when nothing on them would be
-lost: every measured (model) number they show must be in the new pages too, over at least as
-many folds or seeds (read from the datasets' records, ``<suite>/<dataset>/record.json``). The
-rule is per dataset, so that a store that starts empty (a leaderboard job on a new machine)
-publishes each dataset it has caught up on, while the other datasets' pages, from an earlier
-store, stay as they are. The suite page, its CSV exports and Matbench submission files are then
-composed from the records of the datasets it shows (``harness.leaderboard.records``), and
-README.md from every suite's ``<suite>/index.json``.
+A leaderboard job's store may start empty (a new machine), so its pages cannot simply replace
+the committed ones. Per dataset:
+
+- where both the committed pages and the new ones hold the dataset's run data
+  (``<suite>/<dataset>/runs.json.gz``, ``harness.leaderboard.rundata``), each model is taken from
+  the new pages when they hold it over as many folds/seeds as the committed ones or more, else kept,
+  and the dataset's page, ranks, paired test and plots are computed again over all of them: a new
+  store publishes each model as soon as it has it, whatever the other models' state;
+- pages written before run data existed are replaced as a whole, only when nothing on them would
+  be lost: every measured (model) number they show must be in the new pages too, over at least as
+  many folds or seeds (read from the datasets' records, ``<suite>/<dataset>/record.json``).
+
+The suite page, its CSV exports and Matbench submission files are then composed from the records
+of the datasets it shows (``harness.leaderboard.records``), and README.md from every suite's
+``<suite>/index.json``.
 """
-
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from harness.leaderboard import matbench_export, records
+from harness.leaderboard import matbench_export, records, rundata
 from harness.leaderboard.build import compose_readme, composed_files, publish
 from harness.leaderboard.render import slug
 from harness.leaderboard.tables import finite
@@ -87,12 +94,74 @@ def _dataset_files(folder: Path, suite: str, dataset: str, record: dict) -> dict
     return files
 
 
+def run_data(folder: Path, suite: str, dataset: str) -> dict | None:
+    """The dataset's run data in ``folder`` (None for pages written before run data existed)."""
+    path = Path(folder) / suite / slug(dataset) / rundata.RUNS
+    return rundata.load_runs_bytes(path.read_bytes(), str(path)) if path.is_file() else None
+
+
+def newer_models(old: dict, new: dict) -> list[str]:
+    """The models of dataset record ``new`` to take over ``old``'s: a measured result that ``old``
+    lacks, or holds over as many folds/seeds or fewer."""
+    before = {r["model"]: r for r in old["results"]}
+    out = []
+    for r in new["results"]:
+        mine = before.get(r["model"])
+        if finite(r["value"]) and (mine is None or not finite(mine["value"]) or r["n_units"] >= mine["n_units"]):
+            out.append(r["model"])
+    return out
+
+
+def _unrecoverable(record: dict, runs: dict, taken: list[str]) -> list[str]:
+    """Models the published ``record`` shows measured that neither its run data nor ``taken``
+    holds (a record and run data that disagree): merging would lose them, so the dataset is left as it is."""
+    in_runs = {p["model"] for p in runs["pairs"]}
+    return [r["model"] for r in record["results"]
+            if finite(r["value"]) and r["model"] not in in_runs and r["model"] not in taken]
+
+
+@dataclasses.dataclass
+class Merged:
+    """A dataset's pages computed again from run data of two page folders, model by model."""
+
+    files: dict[str, bytes]
+    record: dict
+    taken: list[str]  # models from the new pages
+    kept: list[str]  # models from the published pages
+    blocks: dict[str, dict]  # model -> its Matbench task block (a complete model)
+
+
+def merge_dataset(suite: str, dataset: str, old_runs: dict, new_runs: dict, taken: list[str]) -> Merged:
+    """The dataset's pages with ``taken`` models from ``new_runs`` and the others from ``old_runs``."""
+    from harness.leaderboard.build import dataset_files, reference_results
+    from harness.leaderboard.tables import build_tables
+
+    kept = sorted({p["model"] for p in old_runs["pairs"]} - set(taken))
+    data = rundata.suite_data(suite, [rundata.only_models(old_runs, set(kept)), rundata.only_models(new_runs, set(taken))])
+    t = build_tables(data, reference_results())
+    blocks = {}
+    if suite == "matbench":
+        for model in t.models:
+            got, status = matbench_export.store_blocks(t, model)
+            t.submissions.update({(d, model): s for d, s in status.items()})
+            blocks.update({model: got[dataset]} if dataset in got else {})
+    files = dataset_files(t, dataset)
+    record = records.load_record_bytes(files[f"{suite}/{slug(dataset)}/{records.RECORD}"])
+    return Merged(files, record, sorted(taken), kept, blocks)
+
+
 def publish_suites(published: Path, new: Path, apply: bool) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """({suite: its datasets whose new pages hold every published result}, {suite: what the
-    others lack}). A dataset the published pages do not show is taken once it has a measured
-    result (a store whose first searches are still running publishes no empty row). With ``apply`` those datasets' pages replace the published ones, each suite
-    page is composed again from its datasets' records (the new ones and the published ones kept),
-    files of the suite that neither holds are removed, and README.md is composed again."""
+    """({suite: what is taken from the new pages, per dataset}, {suite: the published results the
+    new pages lack where a dataset cannot be merged}).
+
+    Per dataset: where both page folders hold its run data, its models are merged (each model from
+    the new pages where :func:`newer_models` says so, else kept) and its page, ranks, paired test
+    and plots computed again over all of them. Pages without run data (written before it existed)
+    are replaced as a whole, when the new pages hold every result they show. A dataset the
+    published pages do not show is taken once it has a measured result (a store whose first
+    searches are still running publishes no empty row). With ``apply`` the published pages are
+    written: the datasets' files, each suite page composed again from its datasets' records (the
+    new, merged and kept ones), files of the suite that none holds removed, and README.md composed again."""
     published, new = Path(published), Path(new)
     taken: dict[str, list[str]] = {}
     lacks: dict[str, list[str]] = {}
@@ -100,26 +169,36 @@ def publish_suites(published: Path, new: Path, apply: bool) -> tuple[dict[str, l
         old = records.read_records(published, suite) if (published / suite).is_dir() else {}
         fresh = records.read_records(new, suite)
         source: dict[str, Path] = {d: published for d in old}
+        merged: dict[str, Merged] = {}
         for d in sorted(fresh):
             missing = lacking(old.get(d), fresh[d])
-            if missing:
+            old_runs = run_data(published, suite, d) if d in old else None
+            new_runs = run_data(new, suite, d)
+            models = newer_models(old[d], fresh[d]) if missing and old_runs is not None and new_runs is not None else []
+            if models and not _unrecoverable(old[d], old_runs, models):
+                merged[d] = merge_dataset(suite, d, old_runs, new_runs, models)
+                kept = f"; kept {', '.join(merged[d].kept)}" if merged[d].kept else ""
+                taken.setdefault(suite, []).append(f"{d} ({', '.join(merged[d].taken)}{kept})")
+            elif missing:  # (no model to take: the dataset is left as it is)
                 lacks.setdefault(suite, []).extend(missing)
             elif d in old or any(finite(r["value"]) for r in fresh[d]["results"]):
                 source[d] = new  # (a dataset new to the pages: once it has a measured result)
-        taken[suite] = [d for d in sorted(source) if source[d] == new]
-        if not apply or not taken[suite]:
+                taken.setdefault(suite, []).append(d)
+        if not apply or suite not in taken:
             continue
-        chosen = {d: (fresh if source[d] == new else old)[d] for d in source}
+        chosen = {d: merged[d].record if d in merged else (fresh if source[d] == new else old)[d] for d in source}
         files: dict[str, bytes] = {}
         for d, folder in source.items():
-            files.update(_dataset_files(folder, suite, d, chosen[d]))
+            files.update(merged[d].files if d in merged else _dataset_files(folder, suite, d, chosen[d]))
 
         def block_of(model: str, task: str) -> dict:
+            if task in merged:
+                return merged[task].blocks[model]
             path = source[task] / suite / f"matbench_v0.1_{slug(model)}" / "results.json.gz"
             return matbench_export.file_blocks(path)[task]
 
         files.update(composed_files(suite, chosen, block_of))
         publish(published, files, managed_dirs=[suite])
-    if apply and any(taken.values()):
+    if apply and taken:
         publish(published, {"README.md": compose_readme(published)}, managed_dirs=[])
-    return {s: d for s, d in taken.items() if d}, lacks
+    return taken, lacks

@@ -399,3 +399,23 @@ def incomplete(published: Path, dataset: str, models: list[str]) -> list[str]:
         elif r["n_failed"] or r["n_running"] or r["n_no_metric"] or (k and len(r["ok_splits"]) < k):
             out.append(f"{dataset} / {model}: {len(r['ok_splits'])} fold(s), {r['n_ok']} of {r['n_fits']} fits")
     return out
+
+
+def models_to_run(published: Path, datasets: list[str], models: list[str], planned: list[str]) -> list[str]:
+    """Which of a stage's ``models`` must run on its ``datasets`` for ``published`` to become complete.
+
+    A dataset whose pages hold run data (``runs.json.gz``) takes models one by one
+    (``harness.leaderboard.publishing``): only the models it lacks. Pages without run data are
+    replaced as a whole, so there the new store needs every ``planned`` model of the dataset
+    (all stages'), and this stage's models run unless the dataset is complete already."""
+    from harness.data import get_spec
+    from harness.leaderboard.rundata import RUNS
+
+    todo: set[str] = set()
+    for dataset in datasets:
+        suite = get_spec(dataset).suite
+        if (Path(published) / suite / slug(dataset) / RUNS).is_file():
+            todo |= {m for m in models if incomplete(published, dataset, [m])}
+        elif incomplete(published, dataset, planned):
+            todo |= set(models)
+    return [m for m in models if m in todo]
