@@ -845,6 +845,31 @@ def test_committed_pages_are_composed_again_from_their_records_byte_for_byte():
         assert differing == [], differing
 
 
+def test_committed_dataset_pages_are_computed_again_from_their_run_data():
+    """Each committed dataset page with run data (runs.json.gz): computing it again from that run
+    data alone gives its committed page, record and run data byte for byte (the plots too where
+    this machine's matplotlib drew them; not compared, as a PNG's bytes depend on the library's
+    version), so merging models into it changes nothing else on it."""
+    from harness.leaderboard.publishing import merge_dataset, run_data, suites_in_pages
+
+    folder = Path(__file__).resolve().parent.parent / "leaderboards"
+    checked = []
+    for suite in suites_in_pages(folder):
+        for path in sorted((folder / suite).glob("*/runs.json.gz")):
+            dataset = path.parent.name
+            runs = run_data(folder, suite, dataset)
+            empty = {**runs, "pairs": [], "finals": [], "searches": [], "trials": [], "predictions": {},
+                     "targets": {}, "train_residuals": {}, "histories": {}, "trial_curves": {}}
+            files = merge_dataset(suite, dataset, runs, empty, []).files
+            text = [rel for rel in files if not rel.endswith(".png")]
+            assert sorted(text) == [f"{suite}/{dataset}.md", f"{suite}/{dataset}/record.json",
+                                    f"{suite}/{dataset}/runs.json.gz"]
+            differing = [rel for rel in text if (folder / rel).read_bytes() != files[rel]]
+            assert differing == [], differing
+            checked.append(dataset)
+    assert {"matbench_steels", "matbench_jdft2d", "matbench_expt_gap"} <= set(checked)
+
+
 def test_results_from_different_data_versions_are_shown_as_such(store, tmp_path):
     """One row's models ran on different data (another file, other rows dropped): the dataset page
     names each sha256 with its models and the Test MAE row points to a note saying so."""

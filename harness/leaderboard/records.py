@@ -71,21 +71,21 @@ def record_of(t: SuiteTables, dataset: str) -> dict:
     }
 
 
-def _plain(value):
-    """JSON-ready: numpy scalars as Python ones, NaN as null (strict JSON)."""
+def plain(value, nan=None):
+    """JSON-ready: numpy scalars as Python ones, NaN as ``nan`` (null: strict JSON), infinities as strings."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v, nan) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v, nan) for v in value]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else str(value)
+        return nan if math.isnan(value) else str(value)
     return value
 
 
 def record_bytes(record: dict) -> bytes:
-    return (json.dumps(_plain(record), indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    return (json.dumps(plain(record), indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _nan(value) -> float:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 
 import numpy as np
 import pandas as pd
 
+from harness.leaderboard.records import plain
 from harness.leaderboard.store import RUN_COLUMNS, SuiteData, _seed_key, _split_key
 
 RUNS = "runs.json.gz"
@@ -34,20 +34,7 @@ _EXTRA = {"finals": ["state", "test_mae"], "searches": [], "trials": ["epochs"]}
 _NUMBER_COLUMNS = ("start_time", "end_time", "test_mae", "epochs")  # NaN in JSON as "nan"
 
 
-def _json_value(value):
-    """JSON-ready: numpy scalars as Python ones; NaN and infinities as strings (restored on load)."""
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf", "-inf"
-    return value
-
-
-def _number(value):
+def _number(value):  # NaN and infinities are written as strings (records.plain)
     return float(value) if isinstance(value, str) and value in ("nan", "inf", "-inf") else value
 
 
@@ -98,7 +85,7 @@ def runs_of(data: SuiteData, dataset: str) -> dict:
 
 def runs_bytes(runs: dict) -> bytes:
     """gzip'd JSON, the same bytes for the same runs (no timestamp in the gzip header)."""
-    text = json.dumps(_json_value(runs), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(plain(runs, nan="nan"), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0)
 
 
