@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import wilcoxon
 
 from harness.leaderboard.build import write_all, write_leaderboard
-from harness.leaderboard.plots import _value_axis, model_style, residual_axis_limit
+from harness.leaderboard.plots import _value_axis, model_style, residual_axis_limit, style_index
 from harness.tuning.tracking import default_tracking_uri, prepare_store
 
 DATASET = "steels_yield"
@@ -534,6 +534,13 @@ def test_every_model_of_a_full_suite_page_has_its_own_look_in_the_one_panel_plot
     styles = [model_style(k) for k in range(25)]
     assert len({(s["color"], s["marker"]) for s in styles}) == 25
     assert model_style(3) == {"color": "C3", "marker": "o"} and model_style(13)["marker"] != "o"
+    # a model's look does not depend on which other models a page shows
+    from harness.models import MODEL_FILES
+
+    everyone = sorted(name for names in MODEL_FILES.values() for name in names)
+    assert len(everyone) == 25 and sorted({style_index(m, []) for m in everyone}) == list(range(25))
+    assert style_index("roost", ["roost"]) == style_index("roost", everyone) == everyone.index("roost")
+    assert style_index("old_model", ["crabnet", "old_model"]) == 25
 
 
 def test_value_axis_is_log_only_where_the_panel_spans_more_than_20x():
@@ -762,7 +769,7 @@ def test_a_dataset_takes_each_model_from_the_store_that_has_it_complete(matbench
     the submission files hold each model's own predictions, and publishing the same pages again
     changes no byte."""
     from harness.leaderboard import matbench_export, rundata
-    from harness.leaderboard.publishing import publish_suites
+    from harness.leaderboard.publishing import newer_models, publish_suites
     from harness.leaderboard.records import models_to_run
 
     published = tmp_path / "published"
@@ -803,6 +810,10 @@ def test_a_dataset_takes_each_model_from_the_store_that_has_it_complete(matbench
     assert tree_bytes(published) == before
     # a stage runs only what the published dataset still lacks
     assert models_to_run(published, ["matbench_steels"], ["crabnet", "hotcrab", "roost", "lgdcnn"], []) == ["lgdcnn"]
+    # a model with a final fit still running is not taken: committed pages would show it running for good
+    result = lambda model, running, units: {"model": model, "value": 1.0, "n_running": running, "n_units": units}  # noqa: E731
+    assert newer_models(None, {"results": [result("a", 1, 5), result("b", 0, 2)]}) == ["b"]
+    assert newer_models({"results": [result("b", 0, 3)]}, {"results": [result("b", 0, 2)]}) == []
 
 
 def test_a_stage_runs_every_model_where_pages_predate_run_data(tmp_path):
@@ -850,6 +861,7 @@ def test_committed_dataset_pages_are_computed_again_from_their_run_data():
     data alone gives its committed page, record and run data byte for byte (the plots too where
     this machine's matplotlib drew them; not compared, as a PNG's bytes depend on the library's
     version), so merging models into it changes nothing else on it."""
+    from harness.leaderboard import rundata
     from harness.leaderboard.publishing import merge_dataset, run_data, suites_in_pages
 
     folder = Path(__file__).resolve().parent.parent / "leaderboards"
@@ -858,9 +870,7 @@ def test_committed_dataset_pages_are_computed_again_from_their_run_data():
         for path in sorted((folder / suite).glob("*/runs.json.gz")):
             dataset = path.parent.name
             runs = run_data(folder, suite, dataset)
-            empty = {**runs, "pairs": [], "finals": [], "searches": [], "trials": [], "predictions": {},
-                     "targets": {}, "train_residuals": {}, "histories": {}, "trial_curves": {}}
-            files = merge_dataset(suite, dataset, runs, empty, []).files
+            files = merge_dataset(suite, dataset, runs, rundata.empty(suite, dataset), []).files
             text = [rel for rel in files if not rel.endswith(".png")]
             assert sorted(text) == [f"{suite}/{dataset}.md", f"{suite}/{dataset}/record.json",
                                     f"{suite}/{dataset}/runs.json.gz"]

@@ -25,9 +25,22 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def model_style(index: int) -> dict:
-    """Colour and marker of the model at ``index`` in the suite's model order: the same model
-    looks the same on every dataset page, and no two of the first 60 models look alike."""
+    """Colour and marker of the model at ``index`` (:func:`style_index`): no two of the first 60
+    models look alike."""
     return {"color": f"C{index % 10}", "marker": MARKERS[(index // 10) % len(MARKERS)]}
+
+
+def style_index(model: str, models: list[str]) -> int:
+    """The model's place among every registered model (by registry name): the same model looks
+    the same on every dataset page whatever the other models on it are (a dataset's page may be
+    computed from its own run data alone, or from a store holding other datasets' models too).
+    A model this harness does not register (an older version's) comes after them, in ``models``' order."""
+    from harness.models import MODEL_FILES
+
+    known = sorted(name for names in MODEL_FILES.values() for name in names)
+    if model in known:
+        return known.index(model)
+    return len(known) + [m for m in models if m not in known].index(model)
 
 
 def MaxNLocator(**kwargs):
@@ -306,7 +319,7 @@ def pareto(tables: SuiteTables, dataset: str) -> bytes | None:
         for r in items:
             err = r.spread if finite(r.spread) else None
             ax.errorbar([r.total_hours], [r.value], yerr=None if err is None else [[err], [err]], ls="none",
-                        capsize=3, label=r.label, **model_style(tables.models.index(r.model)))
+                        capsize=3, label=r.label, **model_style(style_index(r.model, tables.models)))
         ax.scatter([r.total_hours for r in front], [r.value for r in front], s=160, facecolors="none",
                    edgecolors="0.3", lw=1, zorder=3, label="on the Pareto front")
         if len(front) > 1:

@@ -100,14 +100,16 @@ def run_data(folder: Path, suite: str, dataset: str) -> dict | None:
     return rundata.load_runs_bytes(path.read_bytes(), str(path)) if path.is_file() else None
 
 
-def newer_models(old: dict, new: dict) -> list[str]:
-    """The models of dataset record ``new`` to take over ``old``'s: a measured result that ``old``
-    lacks, or holds over as many folds/seeds or fewer."""
-    before = {r["model"]: r for r in old["results"]}
+def newer_models(old: dict | None, new: dict) -> list[str]:
+    """The models of dataset record ``new`` to take over ``old``'s (None: no published pages): a
+    measured result that ``old`` lacks, or holds over as many folds/seeds or fewer; none with a
+    final fit still running (committed pages would show it running for good)."""
+    before = {r["model"]: r for r in old["results"]} if old else {}
     out = []
     for r in new["results"]:
         mine = before.get(r["model"])
-        if finite(r["value"]) and (mine is None or not finite(mine["value"]) or r["n_units"] >= mine["n_units"]):
+        if finite(r["value"]) and not r["n_running"] and (
+                mine is None or not finite(mine["value"]) or r["n_units"] >= mine["n_units"]):
             out.append(r["model"])
     return out
 
@@ -154,12 +156,13 @@ def publish_suites(published: Path, new: Path, apply: bool) -> tuple[dict[str, l
     """({suite: what is taken from the new pages, per dataset}, {suite: the published results the
     new pages lack where a dataset cannot be merged}).
 
-    Per dataset: where both page folders hold its run data, its models are merged (each model from
-    the new pages where :func:`newer_models` says so, else kept) and its page, ranks, paired test
-    and plots computed again over all of them. Pages without run data (written before it existed)
-    are replaced as a whole, when the new pages hold every result they show. A dataset the
-    published pages do not show is taken once it has a measured result (a store whose first
-    searches are still running publishes no empty row). With ``apply`` the published pages are
+    Per dataset, where the new pages hold its run data: each model is taken from them where
+    :func:`newer_models` says so, the published ones kept (from the published run data), and the
+    dataset's page, ranks, paired test and plots computed again over all of them. Published pages
+    without run data (written before it existed) are replaced only when the models taken hold every
+    result they show; new pages without run data replace published ones as a whole, on the same
+    condition. A dataset the published pages do not show is taken once it has a measured result (a
+    store whose first searches are still running publishes no empty row). With ``apply`` the published pages are
     written: the datasets' files, each suite page composed again from its datasets' records (the
     new, merged and kept ones), files of the suite that none holds removed, and README.md composed again."""
     published, new = Path(published), Path(new)
@@ -171,19 +174,38 @@ def publish_suites(published: Path, new: Path, apply: bool) -> tuple[dict[str, l
         source: dict[str, Path] = {d: published for d in old}
         merged: dict[str, Merged] = {}
         for d in sorted(fresh):
-            missing = lacking(old.get(d), fresh[d])
-            old_runs = run_data(published, suite, d) if d in old else None
             new_runs = run_data(new, suite, d)
-            models = newer_models(old[d], fresh[d]) if missing and old_runs is not None and new_runs is not None else []
-            if models and not _unrecoverable(old[d], old_runs, models):
-                merged[d] = merge_dataset(suite, d, old_runs, new_runs, models)
+            if new_runs is None:  # new pages written before run data existed: only as a whole
+                missing = lacking(old.get(d), fresh[d])
+                if missing:
+                    lacks.setdefault(suite, []).extend(missing)
+                elif d in old or any(finite(r["value"]) for r in fresh[d]["results"]):
+                    source[d] = new  # (a dataset new to the pages: once it has a measured result)
+                    taken.setdefault(suite, []).append(d)
+                continue
+            old_runs = run_data(published, suite, d) if d in old else None
+            models = newer_models(old.get(d), fresh[d])
+            if old_runs is None:  # nothing can be kept: the models taken must hold every published result
+                lost = lacking(old.get(d), {**fresh[d], "results": [r for r in fresh[d]["results"] if r["model"] in models]})
+            else:
+                labels = {r["model"]: r["label"] for r in old[d]["results"]}
+                lost = [f"{suite} / {d} / {labels[m]} (no result taken; the published run data lacks it)"
+                        for m in _unrecoverable(old[d], old_runs, models)]
+                said = {line.split(" (")[0]: line for line in lacking(old[d], fresh[d])}
+                lost = [said.get(line.split(" (")[0], line) for line in lost]  # in lacking()'s words where it has some
+            if lost or not models:  # the dataset is left as it is
+                why = lost or lacking(old.get(d), fresh[d])
+                if why:
+                    lacks.setdefault(suite, []).extend(why)
+                continue
+            merged[d] = merge_dataset(suite, d, old_runs or rundata.empty(suite, d), new_runs, models)
+            everything = {r["model"] for r in fresh[d]["results"]}
+            if merged[d].kept or set(models) != everything:
                 kept = f"; kept {', '.join(merged[d].kept)}" if merged[d].kept else ""
                 taken.setdefault(suite, []).append(f"{d} ({', '.join(merged[d].taken)}{kept})")
-            elif missing:  # (no model to take: the dataset is left as it is)
-                lacks.setdefault(suite, []).extend(missing)
-            elif d in old or any(finite(r["value"]) for r in fresh[d]["results"]):
-                source[d] = new  # (a dataset new to the pages: once it has a measured result)
+            else:
                 taken.setdefault(suite, []).append(d)
+            source[d] = published
         if not apply or suite not in taken:
             continue
         chosen = {d: merged[d].record if d in merged else (fresh if source[d] == new else old)[d] for d in source}

@@ -96,6 +96,12 @@ def load_runs_bytes(blob: bytes, where: str = RUNS) -> dict:
     return runs
 
 
+def empty(suite: str, dataset: str) -> dict:
+    """Run data of a dataset with no run."""
+    return {"format": FORMAT, "suite": suite, "dataset": dataset, "pairs": [], "finals": [], "searches": [],
+            "trials": [], "targets": {}, "predictions": {}, "train_residuals": {}, "histories": {}, "trial_curves": {}}
+
+
 def only_models(runs: dict, models: set[str]) -> dict:
     """``runs`` restricted to ``models`` (their pairs, runs, predictions and curves)."""
     keep = lambda rows: [r for r in rows if r["model"] in models]  # noqa: E731
