@@ -101,3 +101,12 @@ def test_stages_of_datasets_the_committed_pages_show_complete_are_skipped(tmp_pa
         "classical-steels": "published", "classical-expt-gap": "new", "classical-extended": "published"}
     again = _stages(_plan(tmp_path, STAGES="classical-extended", PUBLISHED_DIR=str(published), SKIP_PUBLISHED="0"))
     assert {k: v[0] for k, v in again.items()} == {"classical-extended": "new"}
+    # steels has run data: with RF and Roost taken out of its record, only they run
+    record = published / "matbench" / "matbench_steels" / "record.json"
+    assert (record.parent / "runs.json.gz").is_file()
+    data = json.loads(record.read_text())
+    data["results"] = [r for r in data["results"] if r["model"] not in ("rf", "roost")]
+    record.write_text(json.dumps(data))
+    steels = _stages(_plan(tmp_path, STAGES="classical-steels fc-steels attention-steels", PUBLISHED_DIR=str(published)))
+    assert {k: v[0] for k, v in steels.items()} == {
+        "classical-steels": "new, published but rf", "fc-steels": "new, published but roost", "attention-steels": "published"}
