@@ -100,9 +100,8 @@ CLASSICAL_LARGE=rf,linear,ridge,elasticnet,adaboost,decision_tree,gradient_boost
 # stage name | models | datasets | final seeds | precision | extra options. The Matbench stages first,
 # one dataset at a time (smallest first; its classical, fully connected and attention models in
 # three sweeps), so that a store that starts empty (a new machine) catches up on one dataset after
-# another: pages are published per dataset (scripts/publish_leaderboard.py), and a dataset whose
-# new pages hold every result its committed pages show replaces them, whatever the other datasets'
-# state. Then matbench_phonons (structure models; ALIGNN and Crysformer dominate the whole job's
+# another: pages are published per dataset and per model (scripts/publish_leaderboard.py), whatever
+# the other datasets' state. Then matbench_phonons (structure models; ALIGNN and Crysformer dominate the whole job's
 # cost), then the crabnet28 stages. A stage that has not started runs only the models leaderboards/
 # still lacks on its datasets (a result on every fold, no failed fit): where the committed pages
 # hold a dataset's run data, models are published one by one, so the others are skipped; pages

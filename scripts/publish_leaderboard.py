@@ -5,18 +5,18 @@
     python scripts/publish_leaderboard.py --to-run DATASET[,DATASET…] --models M1,… --planned M1,…
 
 PAGES defaults to ~/.cache/harness/leaderboard-runs/pages (scripts/first_leaderboard.sh's). Per
-dataset: where both hold the dataset's run data (runs.json.gz), each model whose new result is
-over as many folds/seeds as the published one (or that is new) is taken, the others kept, and the
-dataset's page computed again over all of them; pages without run data are replaced as a whole
-when no published (model) result would be lost or shown over fewer folds/seeds, else listed and
-left as they are. Each suite page is then composed from its datasets' records (new, merged and
+dataset, where PAGES hold its run data (runs.json.gz): each model whose new result is over as many
+folds/seeds as the published one (or that is new), with no final fit still running, is taken, the
+published ones kept, and the dataset's page computed again over all of them. Published pages
+without run data (written before it existed) keep nothing, so they are replaced only when the
+taken models hold every result they show (none over fewer folds/seeds), else listed and left as
+they are. Each suite page is then composed from its datasets' records (new, merged and
 kept), and README.md from every suite's index.json. Without --apply it only says what would
 happen. Exit 0: every dataset of PAGES covered (and, with --apply, copied); 1: some dataset was
 left as it is (the covered ones are still copied with --apply).
 
 --incomplete: exit 0 when leaderboards/ holds a complete result of every model on each dataset
-(every fold, no failed fit), else print what it lacks and exit 1 (first_leaderboard.sh skips the
-stages of a dataset that is complete).
+(every fold, no failed fit), else print what it lacks and exit 1.
 
 --to-run: print (comma-separated) which of a stage's --models must still run on its datasets for
 leaderboards/ to be complete: the models a dataset with run data lacks; on pages without run

@@ -5,9 +5,9 @@ Everything a dataset page, its plots and its record are computed from, read out 
 with their tags, params and metrics; the final fits' test predictions, train residuals and
 learning curves; the trials' validation curves). With it, pages of one dataset can take each
 model from a different store: a leaderboard job that starts again on a new machine publishes a
-model once its new store has it complete, and the dataset's page, ranks, paired test and plots
-are computed again over every model, as one store holding all those runs would give them
-(``harness.leaderboard.publishing``).
+model once its new store holds it over as many folds/seeds as the committed pages (or it is new
+there), and the dataset's page, ranks, paired test and plots are computed again over every model,
+as one store holding all those runs would give them (``harness.leaderboard.publishing``).
 
 ``harness leaderboard`` itself writes pages this way too (store -> run data -> tables -> pages),
 so pages made from one store and pages composed from run data are the same bytes.
