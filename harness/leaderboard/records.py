@@ -378,9 +378,10 @@ def legacy_records(folder: Path, suite: str, datasets: list[str] | None = None) 
     return out
 
 
-def incomplete(published: Path, dataset: str, models: list[str]) -> list[str]:
-    """What ``published`` lacks of ``models`` on ``dataset`` for that dataset to be complete: a
-    result on every fold (cross-validation) or of every final fit, none failed or running."""
+def lacking_models(published: Path, dataset: str, models: list[str]) -> dict[str, str]:
+    """model -> what ``published`` lacks of it on ``dataset`` for the dataset to be complete (a
+    result on every fold, cross-validation, or of every final fit, none failed or running); the
+    models it has complete are left out. No published pages: every model, "no published pages"."""
     from harness.data import get_spec
 
     suite = get_spec(dataset).suite
@@ -388,17 +389,25 @@ def incomplete(published: Path, dataset: str, models: list[str]) -> list[str]:
     recs = read_records(published, suite) if path.is_dir() else {}
     rec = recs.get(dataset)
     if rec is None:
-        return [f"{dataset}: no published pages"]
+        return {model: "no published pages" for model in models}
     k = n_folds_of(rec["info"].get("split_scheme", ""))
     have = {r["model"]: r for r in rec["results"]}
-    out = []
+    out = {}
     for model in models:
         r = have.get(model)
         if r is None or not finite(r["value"]):
-            out.append(f"{dataset} / {model}: no result")
+            out[model] = "no result"
         elif r["n_failed"] or r["n_running"] or r["n_no_metric"] or (k and len(r["ok_splits"]) < k):
-            out.append(f"{dataset} / {model}: {len(r['ok_splits'])} fold(s), {r['n_ok']} of {r['n_fits']} fits")
+            out[model] = f"{len(r['ok_splits'])} fold(s), {r['n_ok']} of {r['n_fits']} fits"
     return out
+
+
+def incomplete(published: Path, dataset: str, models: list[str]) -> list[str]:
+    """:func:`lacking_models` as lines ``dataset / model: why`` (``dataset: no published pages``)."""
+    lacks = lacking_models(published, dataset, models)
+    if lacks and set(lacks.values()) == {"no published pages"}:
+        return [f"{dataset}: no published pages"]
+    return [f"{dataset} / {model}: {why}" for model, why in lacks.items()]
 
 
 def models_to_run(published: Path, datasets: list[str], models: list[str], planned: list[str]) -> list[str]:
@@ -414,8 +423,8 @@ def models_to_run(published: Path, datasets: list[str], models: list[str], plann
     todo: set[str] = set()
     for dataset in datasets:
         suite = get_spec(dataset).suite
-        if (Path(published) / suite / slug(dataset) / RUNS).is_file():
-            todo |= {m for m in models if incomplete(published, dataset, [m])}
+        if (Path(published) / suite / slug(dataset) / RUNS).is_file():  # (records read once per dataset)
+            todo |= set(lacking_models(published, dataset, models))
         elif incomplete(published, dataset, planned):
             todo |= set(models)
     return [m for m in models if m in todo]
