@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import math
 import re
@@ -21,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from mlflow.tracking import MlflowClient
 from scipy.stats import wilcoxon
 
 from harness.leaderboard.build import write_all, write_leaderboard
-from harness.leaderboard.plots import _value_axis, model_style, residual_axis_limit, style_index
+from harness.leaderboard.plots import _palette_png, _value_axis, model_style, residual_axis_limit, style_index
 from harness.tuning.tracking import default_tracking_uri, prepare_store
 
 DATASET = "steels_yield"
@@ -271,6 +273,8 @@ def test_dataset_page_has_valid_plots(store):
         png = (page.parent / link).read_bytes()
         assert png.startswith(PNG_SIGNATURE) and len(png) > 5_000, link
         assert b"Software" not in png and b"tIME" not in png  # nothing that varies between runs
+        with Image.open(io.BytesIO(png)) as image:  # 8-bit palette: ~2.7x smaller than RGBA
+            assert image.mode == "P" and image.width >= 400 and image.height >= 300, (link, image.mode, image.size)
     # the sweep logs train predictions too: the residual plot shows train and test
     assert "Residuals (prediction − true) of the train and test predictions" in text
     assert "residuals are not shown" not in text
@@ -526,6 +530,38 @@ def test_residual_axis_ignores_the_last_percent_of_outliers():
     limit = residual_axis_limit(values)
     assert np.percentile(np.abs(bulk), 95) < limit < 5000.0
     assert residual_axis_limit(np.zeros(5)) == 1.0  # a perfect fit still gets an axis
+
+
+def test_palette_png_is_the_same_picture_smaller():
+    """The palette PNG of a plot like the leaderboard's (antialiased lines and translucent markers
+    in ten colours) differs from matplotlib's RGBA by under 1/255 on average, keeps every pure
+    series colour, and is smaller."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    x = np.linspace(0, 10, 200)
+    for i in range(10):
+        ax.plot(x, np.sin(x + i), color=f"C{i}", lw=3)
+        ax.scatter(x[::10], np.cos(x[::10] + i), color=f"C{i}", alpha=0.4, s=12)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    rgba = buf.getvalue()
+    palette = _palette_png(rgba)
+    with Image.open(io.BytesIO(rgba)) as a, Image.open(io.BytesIO(palette)) as b:
+        assert b.mode == "P" and b.size == a.size
+        before = np.asarray(a.convert("RGB"), dtype=float)
+        after = np.asarray(b.convert("RGB"), dtype=float)
+    assert np.abs(before - after).mean() < 1.0
+    colours = {tuple(c) for c in after.reshape(-1, 3).astype(int)}
+    from matplotlib.colors import to_rgb
+
+    for i in range(10):  # each series' own colour (its 3-px line's core) survives exactly
+        assert tuple(round(255 * v) for v in to_rgb(f"C{i}")) in colours, i
+    assert len(palette) < len(rgba) / 1.5
+    assert _palette_png(rgba) == palette  # deterministic
 
 
 def test_every_model_of_a_full_suite_page_has_its_own_look_in_the_one_panel_plot():
