@@ -184,7 +184,7 @@ def test_reproduce_command_of_a_users_file_parses_back_to_the_same_options(tmp_p
     import typer
 
     from harness.leaderboard.tables import sweep_command
-    from harness.tuning.sweep import SweepOptions, dataset_file_options
+    from harness.tuning.plan import SweepOptions, dataset_file_options
 
     opts = SweepOptions(models=["cgcnn"], datasets=[], dataset_file=tmp_path / "my bulk.csv", target="K",
                         structure_column="cif", id_column="mpid", drop_invalid=True, workdir=tmp_path)

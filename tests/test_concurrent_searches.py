@@ -16,7 +16,8 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.tuning.sweep import SweepOptions, fair_share, run_sweep
+from harness.tuning.search import fair_share
+from harness.tuning.sweep import SweepOptions, run_sweep
 from harness.tuning.tracking import default_tracking_uri
 
 

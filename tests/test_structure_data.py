@@ -541,7 +541,7 @@ def test_imputed_columns_are_named_in_one_short_line(caplog):
 def test_sweep_reads_a_structure_file_given_its_column(elastic, tmp_path, monkeypatch):
     """`harness sweep --dataset-file F --structure-column C`: the file's structures (and their
     compositions) make the dataset, with the user's ids and the seeded 80/10/10 split."""
-    from harness.tuning.sweep import SweepOptions, load_datasets
+    from harness.tuning.plan import SweepOptions, load_datasets
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     ids, structs = small(elastic, 10)
@@ -585,7 +585,7 @@ def test_matbench_structure_task_gets_its_structures_from_matbench_json_when_a_m
     the cache (what the loader downloads with internet), joined on mbid; the folds stay the
     official ones. The file here is in matbench's layout with real MP structures standing in for
     jdft2d's (none are offline): it checks the join and the plumbing, and trains nothing."""
-    from harness.tuning.sweep import SweepOptions, load_datasets
+    from harness.tuning.plan import SweepOptions, load_datasets
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     plain = load_dataset("matbench_jdft2d")
@@ -619,7 +619,7 @@ def test_matbench_structure_task_gets_its_structures_from_matbench_json_when_a_m
 
 def test_sweep_graph_settings_reach_the_graphs_and_are_checked_up_front(elastic, tmp_path, monkeypatch):
     """--neighbours / --graph-mode / --cutoff: the graphs a sweep's structure models read."""
-    from harness.tuning.sweep import SweepOptions, check_plan
+    from harness.tuning.plan import SweepOptions, check_plan
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     ids, structs = small(elastic, 6)

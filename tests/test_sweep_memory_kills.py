@@ -40,7 +40,7 @@ def test_trial_workers_killed_for_memory_stop_the_sweep_cleanly_and_resume_finis
     out = " ".join((first.stdout + first.stderr).split())
     # Whether Ray reports such a kill as an actor error (Tune retries, then fails the trial) or as
     # an OutOfMemoryError from an actor task (Tune raises; harness restores the search, see
-    # sweep._fit_surviving_memory_kills), the sweep stops by its own message, state saved, and
+    # search._fit_surviving_memory_kills), the sweep stops by its own message, state saved, and
     # says to resume. (Ray itself logs each killed trial's traceback: the sweep's ending counts.)
     assert first.returncode == 1, out[-4000:]
     ended = out.rsplit("Trial task failed", 1)[-1]

@@ -141,7 +141,7 @@ def test_each_search_registers_its_trainable_under_its_own_name():
     under one name ran each other's trials (model, dataset and split of the other search)."""
     from ray.tune.experiment import Experiment
 
-    from harness.tuning.sweep import _search_trainable, trainable_name
+    from harness.tuning.search import _search_trainable, trainable_name
 
     names = {trainable_name(f"sweep__ridge__{d}__fold{k}", "ridge") for d in ("a", "b") for k in range(5)}
     assert len(names) == 10 and all(n.startswith("ridge_") for n in names)
@@ -159,7 +159,8 @@ def test_a_ctrl_c_as_the_last_trial_finishes_still_stops_the_sweep(tmp_path):
     import ray
     from ray import tune
 
-    from harness.tuning.sweep import _fit_keeping_sigint, _init_ray, _interrupted
+    from harness.tuning.search import _fit_keeping_sigint, interrupted
+    from harness.tuning.sweep import _init_ray
 
     driver = os.getpid()
 
@@ -179,7 +180,7 @@ def test_a_ctrl_c_as_the_last_trial_finishes_still_stops_the_sweep(tmp_path):
         assert _init_ray(None, num_cpus=1)
         results, signalled = fit(ctrl_c=True)
         assert signalled
-        assert not _interrupted(results, 1)  # what the trial states alone said
+        assert not interrupted(results, 1)  # what the trial states alone said
         assert signal.getsignal(signal.SIGINT) is before
         _, signalled = fit(ctrl_c=False)
         assert not signalled
@@ -362,7 +363,7 @@ def test_rays_restore_warning_about_trials_without_results_is_dropped_and_others
     # result file that cannot be read
     import logging
 
-    from harness.tuning.sweep import _quiet_restore_of_trials_without_results
+    from harness.tuning.search import _quiet_restore_of_trials_without_results
 
     _quiet_restore_of_trials_without_results()
     _quiet_restore_of_trials_without_results()  # once per resumed search: one filter
@@ -410,7 +411,8 @@ def test_time_left_is_each_models_cost_per_row_of_finished_searches_less_what_is
 
 
 def test_decided_search_checkpoints_are_deleted_in_every_experiment_of_the_search(tmp_path):
-    from harness.tuning.sweep import SweepOptions, _drop_trial_checkpoints
+    from harness.tuning.search import drop_trial_checkpoints
+    from harness.tuning.sweep import SweepOptions
 
     root = tmp_path / "ray_results"
     for experiment in ("s1", "s1--rerun1", "s10"):  # s10: another search whose name starts alike
@@ -420,11 +422,11 @@ def test_decided_search_checkpoints_are_deleted_in_every_experiment_of_the_searc
                 (root / experiment / trial / folder / "trainer.pt").write_bytes(b"x" * 1000)
             (root / experiment / trial / "result.json").write_text("{}\n")
     opts = SweepOptions(models=["dummy"], datasets=["d"], workdir=tmp_path)
-    freed = _drop_trial_checkpoints(opts, tmp_path, "s1", {"memory_reruns": 1}, "s1")
+    freed = drop_trial_checkpoints(opts, tmp_path, "s1", {"memory_reruns": 1}, "s1")
     assert freed == 8 * 1000
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("checkpoint_*")) == [
         f"s10/{t}/{c}" for t in ("t0", "t1") for c in ("checkpoint_000001", "checkpoint_000003")]
     assert len(list(root.rglob("result.json"))) == 6
     kept = SweepOptions(models=["dummy"], datasets=["d"], workdir=tmp_path, keep_trial_checkpoints=True)
-    assert _drop_trial_checkpoints(kept, tmp_path, "s10", {}, "s10") == 0
+    assert drop_trial_checkpoints(kept, tmp_path, "s10", {}, "s10") == 0
     assert len(list(root.rglob("checkpoint_*"))) == 4

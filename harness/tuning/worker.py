@@ -1,6 +1,6 @@
 """The functions Ray runs in its worker processes: a Tune trial and a final fit.
 
-Kept apart from sweep.py on purpose: a worker imports the module of the function it runs, and
+Kept apart from the driver's modules (sweep.py, search.py, final.py) on purpose: a worker imports the module of the function it runs, and
 every trial and final fit starts a fresh worker. This module pulls in only what training needs
 (the model's own file, the trainer, ray.tune), not the driver's MLflow, Optuna and rich
 imports, which would add seconds to every trial's start.
